@@ -1,0 +1,137 @@
+"""Settings: every knob of the service, read once from environment variables.
+
+Each field maps to ``GWALLET_<FIELD NAME IN CAPITALS>``. The README lists them all.
+``Settings.from_env()`` is the only place the environment is read; everything else
+receives a ``Settings`` value (tests build one directly, so nothing is monkeypatched).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import msgspec
+
+
+class SettingsError(ValueError):
+    """An environment variable could not be turned into a setting."""
+
+
+class Settings(msgspec.Struct, frozen=True, kw_only=True):
+    # Where the data lives. None means: start the embedded server with data in data_dir.
+    database_url: str | None = None
+    redis_url: str | None = None
+    data_dir: str = ".gwallet-data"
+
+    # HTTP serving.
+    host: str = "127.0.0.1"
+    port: int = 8000
+    workers: int = 1
+    server: str = "granian"  # granian | uvicorn, chosen by measurement (BENCHMARKS.md)
+    max_request_body_bytes: int = 64 * 1024
+    page_limit_max: int = 100
+    request_timeout_seconds: float = 10.0
+
+    # PostgreSQL pool.
+    db_pool_min_size: int = 2
+    db_pool_max_size: int = 10
+    db_command_timeout_seconds: float = 5.0
+    db_connect_timeout_seconds: float = 5.0
+
+    # Redis.
+    redis_timeout_seconds: float = 0.5
+    redis_max_connections: int = 50
+
+    # Ledger batching engine.
+    ledger_batch_window_ms: float = 2.0
+    ledger_batch_max_transfers: int = 1000
+    ledger_batch_concurrency: int = 2
+    ledger_queue_max_transfers: int = 50_000
+    ledger_batch_retry_max: int = 5
+    ledger_checkpoint_every_batches: int = 1000
+    ledger_expiry_interval_seconds: float = 1.0
+    # Ed25519 private key, 32 raw bytes as hex, that signs the hash-chain checkpoints.
+    # None: a key is made once and kept in data_dir (development only; README says so).
+    ledger_signing_key_hex: str | None = None
+
+    # Idempotency keys are kept at least this long.
+    idempotency_retention_hours: int = 48
+    idempotency_lock_seconds: float = 30.0
+
+    # Logging.
+    log_level: str = "INFO"
+    log_json: bool = True
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: Any) -> Settings:
+        """Build settings from ``GWALLET_*`` variables; keyword overrides win."""
+        env = os.environ if environ is None else environ
+        values: dict[str, Any] = {}
+        for name, default in _defaults().items():
+            raw = env.get("GWALLET_" + name.upper())
+            if raw is None or raw == "":
+                continue
+            values[name] = _parse(name, raw, default)
+        values.update(overrides)
+        try:
+            return msgspec.convert(values, cls)
+        except msgspec.ValidationError as exc:
+            raise SettingsError(str(exc)) from exc
+
+    @property
+    def data_path(self) -> Path:
+        return Path(self.data_dir).expanduser().resolve()
+
+    def redacted(self) -> dict[str, Any]:
+        """The settings with secrets and credentials blanked, safe to log."""
+        out = msgspec.structs.asdict(self)
+        for name in out:
+            if any(word in name for word in ("key", "secret", "password")) and out[name]:
+                out[name] = "***"
+        for name in ("database_url", "redis_url"):
+            if out[name]:
+                out[name] = _redact_url(out[name])
+        return out
+
+
+def _defaults() -> dict[str, Any]:
+    return {
+        f.name: f.default
+        for f in msgspec.structs.fields(Settings)
+    }
+
+
+_TRUE = {"1", "true", "yes", "on"}
+_FALSE = {"0", "false", "no", "off"}
+
+
+def _parse(name: str, raw: str, default: Any) -> Any:
+    if isinstance(default, bool):
+        lowered = raw.strip().lower()
+        if lowered in _TRUE:
+            return True
+        if lowered in _FALSE:
+            return False
+        raise SettingsError(f"GWALLET_{name.upper()} must be true or false, not {raw!r}")
+    if isinstance(default, int):
+        try:
+            return int(raw, 10)
+        except ValueError:
+            raise SettingsError(f"GWALLET_{name.upper()} must be an integer") from None
+    if isinstance(default, float):
+        try:
+            return float(raw)
+        except ValueError:
+            raise SettingsError(f"GWALLET_{name.upper()} must be a number") from None
+    return raw
+
+
+def _redact_url(url: str) -> str:
+    if "@" not in url or "://" not in url:
+        return url
+    scheme, rest = url.split("://", 1)
+    creds, host = rest.rsplit("@", 1)
+    user = creds.split(":", 1)[0]
+    return f"{scheme}://{user}:***@{host}" if ":" in creds else f"{scheme}://{user}@{host}"

@@ -1,0 +1,515 @@
+"""The batching engine: concurrent callers' transfers committed together, one result each.
+
+Callers ``await engine.create_transfers([...])``. Submissions queue up; a worker waits at
+most ``batch_window_ms`` for more, takes whole submissions up to ``batch_max_transfers``,
+and commits them in ONE PostgreSQL transaction:
+
+1. read the committed transfers and failed ids among the batch's ids (no locks);
+2. lock every account the batch touches, in sorted id order (no deadlock, any process);
+3. read the status of the pending transfers it names (after the locks, so it is current);
+4. decide the whole batch in memory (``checks.decide_batch``, pure);
+5. write: each touched account updated once, all transfers inserted by one statement,
+   failures, pending resolutions, and any effects callers attached (their rows too);
+6. append the batch to the hash chain (the head row is locked last), sign a checkpoint
+   every ``checkpoint_every_batches`` links; commit (durable: synchronous_commit stays on).
+
+A deadlock, serialization failure or duplicate id from another process rolls the batch back
+and runs it again (at most ``retry_max`` times). If PostgreSQL itself fails, the callers get
+``LedgerUnavailable``: their outcome is unknown, and retrying the SAME transfer ids is safe.
+A batch that the database rejects for another reason is split in halves, so one bad
+submission never fails the others. Every queue is bounded: when ``queue_max_transfers`` are
+waiting, ``create_transfers`` raises ``LedgerOverloaded`` at once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+import uuid
+from collections import deque
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any, Protocol
+
+import asyncpg
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
+
+from ledger_core.chain import batch_bytes, sign_checkpoint
+from ledger_core.checks import BatchDecision, BatchState, decide_batch
+from ledger_core.model import (
+    AccountBalance,
+    CreateTransferResult,
+    PendingStatus,
+    StoredTransfer,
+    Transfer,
+    TransferFlags,
+)
+from ledger_core.sql import load_queries
+
+Q = load_queries(Path(__file__).with_name("queries.sql"))
+_log = logging.getLogger("gwallet.ledger")
+_POST_OR_VOID = int(TransferFlags.POST_PENDING_TRANSFER | TransferFlags.VOID_PENDING_TRANSFER)
+_RETRYABLE = (
+    asyncpg.DeadlockDetectedError,
+    asyncpg.SerializationError,
+    asyncpg.UniqueViolationError,  # same new id committed meanwhile by another process
+)
+_UNAVAILABLE = (
+    OSError,
+    asyncio.TimeoutError,
+    asyncpg.InterfaceError,
+    asyncpg.PostgresConnectionError,
+    asyncpg.CannotConnectNowError,
+    asyncpg.AdminShutdownError,
+    asyncpg.CrashShutdownError,
+)
+
+
+class LedgerOverloaded(Exception):
+    """The engine's queue is full: the caller should answer 503 with Retry-After."""
+
+
+class LedgerUnavailable(Exception):
+    """PostgreSQL could not be reached; the outcome is unknown and a retry with the same
+    transfer ids is safe (ids are idempotency keys)."""
+
+
+class BatchWriter(Protocol):
+    """Writes the rows that callers attached to a batch, in its transaction, in one go."""
+
+    async def write(self, conn: asyncpg.Connection, rows: list[Any]) -> None: ...
+
+
+@dataclass(frozen=True, slots=True)
+class Effect:
+    """A row to write in the same transaction as a submission's transfers.
+
+    ``make_row`` receives the submission's results and returns the row, or None to write
+    nothing (for example: only when every transfer succeeded).
+    """
+
+    writer: BatchWriter
+    make_row: Callable[[list[CreateTransferResult]], Any | None]
+
+
+@dataclass(frozen=True, slots=True)
+class EngineConfig:
+    batch_window_ms: float = 2.0
+    batch_max_transfers: int = 1000
+    batch_concurrency: int = 2
+    queue_max_transfers: int = 50_000
+    retry_max: int = 5
+    checkpoint_every_batches: int = 1000
+    expiry_interval_seconds: float = 1.0
+
+    def __post_init__(self) -> None:
+        assert 0 <= self.batch_window_ms <= 1000, "batch window is 0..1000 ms"
+        assert 1 <= self.batch_max_transfers <= 10_000, "batch size is 1..10000 transfers"
+        assert 1 <= self.batch_concurrency <= 32, "1..32 batches in flight"
+        assert self.queue_max_transfers >= self.batch_max_transfers
+        assert 0 <= self.retry_max <= 100
+        assert self.checkpoint_every_batches >= 1
+        assert self.expiry_interval_seconds > 0
+
+
+class _Submission:
+    __slots__ = ("transfers", "effects", "expire", "future")
+
+    def __init__(
+        self,
+        transfers: Sequence[Transfer],
+        effects: Sequence[Effect],
+        expire: Sequence[uuid.UUID],
+        future: asyncio.Future[list[CreateTransferResult]],
+    ) -> None:
+        self.transfers = transfers
+        self.effects = effects
+        self.expire = expire
+        self.future = future
+
+    @property
+    def size(self) -> int:
+        return max(1, len(self.transfers) + len(self.expire))
+
+
+@dataclass(frozen=True, slots=True)
+class BatchStats:
+    batches: int
+    transfers: int
+    retries: int
+
+
+class LedgerEngine:
+    def __init__(
+        self,
+        pool: asyncpg.Pool,
+        config: EngineConfig,
+        signing_key: Ed25519PrivateKey,
+        *,
+        clock: Callable[[], datetime] | None = None,
+    ) -> None:
+        self._pool = pool
+        self._config = config
+        self._signing_key = signing_key
+        self._public_key = signing_key.public_key().public_bytes(Encoding.Raw, PublicFormat.Raw)
+        self._clock = clock or (lambda: datetime.now(UTC))
+        self._queue: deque[_Submission] = deque()
+        self._queued_transfers = 0
+        self._wakeup = asyncio.Event()
+        self._workers: list[asyncio.Task[None]] = []
+        self._expirer: asyncio.Task[None] | None = None
+        self._accepting = False
+        self._batches = 0
+        self._transfers = 0
+        self._retries = 0
+
+    # -- lifecycle ---------------------------------------------------------------------
+
+    async def start(self) -> None:
+        assert not self._workers, "engine already started"
+        self._accepting = True
+        self._workers = [
+            asyncio.create_task(self._worker(), name=f"ledger-batch-{n}")
+            for n in range(self._config.batch_concurrency)
+        ]
+        self._expirer = asyncio.create_task(self._expire_loop(), name="ledger-expiry")
+
+    async def stop(self) -> None:
+        """Stop accepting, finish every queued submission, then stop the workers."""
+        self._accepting = False
+        if self._expirer is not None:
+            self._expirer.cancel()
+            await asyncio.gather(self._expirer, return_exceptions=True)
+            self._expirer = None
+        while self._queue:
+            self._wakeup.set()
+            await asyncio.sleep(0.001)
+        for task in self._workers:
+            task.cancel()
+        await asyncio.gather(*self._workers, return_exceptions=True)
+        self._workers = []
+
+    @property
+    def queue_depth(self) -> int:
+        """Transfers waiting for a batch (for metrics and admission control)."""
+        return self._queued_transfers
+
+    @property
+    def stats(self) -> BatchStats:
+        return BatchStats(self._batches, self._transfers, self._retries)
+
+    @property
+    def public_key(self) -> bytes:
+        return self._public_key
+
+    # -- the door --------------------------------------------------------------------
+
+    async def create_transfers(
+        self, transfers: Sequence[Transfer], *, effects: Sequence[Effect] = ()
+    ) -> list[CreateTransferResult]:
+        """Commit ``transfers`` (one submission: its linked chains stay in one batch).
+
+        Returns one result per transfer, in order. Raises ``LedgerOverloaded`` when the
+        queue is full and ``LedgerUnavailable`` when PostgreSQL fails.
+        """
+        if not transfers:
+            return []
+        if len(transfers) > self._config.batch_max_transfers:
+            raise ValueError(
+                f"a submission holds at most {self._config.batch_max_transfers} transfers"
+            )
+        return await self._enqueue(transfers, effects, ())
+
+    async def expire_due(self, limit: int = 1000) -> int:
+        """Expire pending transfers whose timeout has passed; return how many were due."""
+        async with self._pool.acquire() as conn:
+            rows = await conn.fetch(Q["due_pending_expiries"], self._clock(), limit)
+        due = [row["pending_id"] for row in rows]
+        if due:
+            await self._enqueue((), (), due)
+        return len(due)
+
+    async def _enqueue(
+        self,
+        transfers: Sequence[Transfer],
+        effects: Sequence[Effect],
+        expire: Sequence[uuid.UUID],
+    ) -> list[CreateTransferResult]:
+        if not self._accepting:
+            raise LedgerUnavailable("the ledger engine is not running")
+        size = max(1, len(transfers) + len(expire))
+        if self._queued_transfers + size > self._config.queue_max_transfers:
+            raise LedgerOverloaded("the ledger queue is full")
+        future: asyncio.Future[list[CreateTransferResult]] = (
+            asyncio.get_running_loop().create_future()
+        )
+        self._queue.append(_Submission(transfers, effects, expire, future))
+        self._queued_transfers += size
+        self._wakeup.set()
+        return await future
+
+    # -- workers ---------------------------------------------------------------------
+
+    async def _worker(self) -> None:
+        window = self._config.batch_window_ms / 1000
+        limit = self._config.batch_max_transfers
+        while True:
+            await self._wakeup.wait()
+            if window and self._queued_transfers < limit:
+                await asyncio.sleep(window)
+            batch: list[_Submission] = []
+            taken = 0
+            while self._queue and taken + self._queue[0].size <= limit:
+                submission = self._queue.popleft()
+                taken += submission.size
+                batch.append(submission)
+            if not self._queue:
+                self._wakeup.clear()
+            if not batch:
+                continue
+            self._queued_transfers -= taken
+            try:
+                await self._run(batch)
+            except Exception as exc:  # noqa: BLE001 - a worker must never die
+                _log.exception("ledger batch failed")
+                _fail(batch, LedgerUnavailable(str(exc)))
+
+    async def _expire_loop(self) -> None:
+        while True:
+            await asyncio.sleep(self._config.expiry_interval_seconds)
+            try:
+                await self.expire_due()
+            except (LedgerUnavailable, LedgerOverloaded, *_UNAVAILABLE):
+                pass  # the next round tries again
+            except Exception:  # noqa: BLE001 - keep expiring
+                _log.exception("ledger expiry round failed")
+
+    async def _run(self, batch: list[_Submission]) -> None:
+        """Commit a batch, retrying what is retryable, splitting what the database rejects."""
+        attempt = 0
+        while True:
+            try:
+                decision = await self._commit(batch)
+            except _RETRYABLE:
+                attempt += 1
+                self._retries += 1
+                if attempt > self._config.retry_max:
+                    _fail(batch, LedgerUnavailable("ledger batch kept conflicting"))
+                    return
+                await asyncio.sleep(random.uniform(0, 0.002 * attempt))
+                continue
+            except _UNAVAILABLE as exc:
+                _fail(batch, LedgerUnavailable(f"database unavailable: {type(exc).__name__}"))
+                return
+            except asyncpg.PostgresError:
+                if len(batch) == 1:
+                    _log.exception("ledger submission rejected by the database")
+                    _fail(batch, LedgerUnavailable("the database rejected this submission"))
+                    return
+                middle = len(batch) // 2
+                await self._run(batch[:middle])
+                await self._run(batch[middle:])
+                return
+            break
+        self._batches += 1
+        self._transfers += len(decision.transfers)
+        for submission, results in zip(batch, decision.results, strict=True):
+            if not submission.future.done():
+                submission.future.set_result(results)
+
+    async def _commit(self, batch: list[_Submission]) -> BatchDecision:
+        submissions = [s.transfers for s in batch]
+        expire = [pending_id for s in batch for pending_id in s.expire]
+        ids: set[uuid.UUID] = set(expire)
+        pending_ids: list[uuid.UUID] = []
+        account_ids: set[uuid.UUID] = set()
+        for transfers in submissions:
+            for t in transfers:
+                ids.add(t.id)
+                if t.flags & _POST_OR_VOID and t.pending_id is not None:
+                    ids.add(t.pending_id)
+                    pending_ids.append(t.pending_id)
+                if t.debit_account_id is not None:
+                    account_ids.add(t.debit_account_id)
+                if t.credit_account_id is not None:
+                    account_ids.add(t.credit_account_id)
+        async with self._pool.acquire() as conn, conn.transaction():
+            transfers, failed = _read_lookup(await conn.fetch(Q["lookup_transfers"], list(ids)))
+            for pending_id in pending_ids + expire:
+                pending = transfers.get(pending_id)
+                if pending is not None:
+                    account_ids.add(pending.debit_account_id)
+                    account_ids.add(pending.credit_account_id)
+            accounts = {
+                row["id"]: AccountBalance(**row)
+                for row in await conn.fetch(Q["lock_accounts"], sorted(account_ids))
+            }
+            status: dict[uuid.UUID, PendingStatus] = {}
+            if pending_ids or expire:
+                for row in await conn.fetch(Q["pending_resolutions"], pending_ids + expire):
+                    status[row["pending_id"]] = PendingStatus(row["status"])
+            batch_id = await conn.fetchval(Q["next_batch_id"])
+            now = self._clock()
+            state = BatchState(accounts, transfers, failed, status)
+            decision = decide_batch(submissions, state, batch_id=batch_id, now=now, expire=expire)
+            await self._write(conn, decision, state, batch_id, now)
+            await _write_effects(conn, batch, decision)
+        return decision
+
+    async def _write(
+        self,
+        conn: asyncpg.Connection,
+        decision: BatchDecision,
+        state: BatchState,
+        batch_id: int,
+        now: datetime,
+    ) -> None:
+        if decision.touched:
+            touched = [state.accounts[account_id] for account_id in sorted(decision.touched)]
+            await conn.execute(
+                Q["update_account_totals"],
+                [a.id for a in touched],
+                [a.debits_pending for a in touched],
+                [a.debits_posted for a in touched],
+                [a.credits_pending for a in touched],
+                [a.credits_posted for a in touched],
+            )
+        new = decision.transfers
+        if new:
+            await conn.execute(
+                Q["insert_transfers"],
+                [t.id for t in new],
+                [t.debit_account_id for t in new],
+                [t.credit_account_id for t in new],
+                [t.amount for t in new],
+                [t.ledger for t in new],
+                [t.code for t in new],
+                [t.flags for t in new],
+                [t.pending_id for t in new],
+                [t.timeout_seconds for t in new],
+                [t.user_data_128 for t in new],
+                [t.user_data_64 for t in new],
+                [t.user_data_32 for t in new],
+                batch_id,
+                now,
+                [t.batch_index for t in new],
+                [t.expires_at for t in new],
+            )
+            expiring = [t for t in new if t.expires_at is not None]
+            if expiring:
+                await conn.execute(
+                    Q["insert_pending_expiries"],
+                    [t.id for t in expiring],
+                    [t.expires_at for t in expiring],
+                )
+        if decision.failed:
+            await conn.execute(
+                Q["insert_failed_transfers"],
+                [transfer_id for transfer_id, _ in decision.failed],
+                [result for _, result in decision.failed],
+                now,
+            )
+        if decision.resolutions:
+            resolutions = decision.resolutions
+            await conn.execute(
+                Q["insert_pending_resolutions"],
+                [r.pending_id for r in resolutions],
+                [int(r.status) for r in resolutions],
+                [r.transfer_id for r in resolutions],
+                batch_id,
+                now,
+            )
+            await conn.execute(Q["delete_pending_expiries"], [r.pending_id for r in resolutions])
+        if new or decision.expiries:
+            content = batch_bytes(batch_id, now, new, [p.id for p in decision.expiries])
+            row = await conn.fetchrow(
+                Q["chain_append"], batch_id, content, len(new), len(decision.expiries), now
+            )
+            seq, link = row["seq"], row["link"]
+            if seq % self._config.checkpoint_every_batches == 0:
+                signature = sign_checkpoint(self._signing_key, seq, link)
+                await conn.execute(Q["insert_checkpoint"], seq, link, self._public_key, signature)
+
+    # -- reads -----------------------------------------------------------------------
+
+    async def lookup_accounts(self, ids: Sequence[uuid.UUID]) -> dict[uuid.UUID, AccountBalance]:
+        async with self._pool.acquire() as conn:
+            rows = await conn.fetch(Q["lookup_accounts"], list(ids))
+        return {
+            row["id"]: AccountBalance(
+                id=row["id"],
+                ledger=row["ledger"],
+                code=row["code"],
+                debits_must_not_exceed_credits=row["debits_must_not_exceed_credits"],
+                credits_must_not_exceed_debits=row["credits_must_not_exceed_debits"],
+                closed=row["closed"],
+                debits_pending=row["debits_pending"],
+                debits_posted=row["debits_posted"],
+                credits_pending=row["credits_pending"],
+                credits_posted=row["credits_posted"],
+            )
+            for row in rows
+        }
+
+    async def lookup_transfer(self, transfer_id: uuid.UUID) -> StoredTransfer | None:
+        async with self._pool.acquire() as conn:
+            row = await conn.fetchrow(Q["lookup_transfer"], transfer_id)
+        return StoredTransfer(**row) if row is not None else None
+
+
+def _read_lookup(
+    rows: list[asyncpg.Record],
+) -> tuple[dict[uuid.UUID, StoredTransfer], dict[uuid.UUID, int]]:
+    transfers: dict[uuid.UUID, StoredTransfer] = {}
+    failed: dict[uuid.UUID, int] = {}
+    for row in rows:
+        if row["id"] is not None:
+            transfers[row["id"]] = StoredTransfer(
+                id=row["id"],
+                debit_account_id=row["debit_account_id"],
+                credit_account_id=row["credit_account_id"],
+                amount=row["amount"],
+                ledger=row["ledger"],
+                code=row["code"],
+                flags=row["flags"],
+                pending_id=row["pending_id"],
+                timeout_seconds=row["timeout_seconds"],
+                user_data_128=row["user_data_128"],
+                user_data_64=row["user_data_64"],
+                user_data_32=row["user_data_32"],
+                batch_id=row["batch_id"],
+                batch_index=row["batch_index"],
+                created_at=row["created_at"],
+                expires_at=row["expires_at"],
+            )
+        if row["failed_result"] is not None:
+            failed[row["requested_id"]] = row["failed_result"]
+    return transfers, failed
+
+
+async def _write_effects(
+    conn: asyncpg.Connection, batch: list[_Submission], decision: BatchDecision
+) -> None:
+    grouped: dict[int, tuple[BatchWriter, list[Any]]] = {}
+    for submission, results in zip(batch, decision.results, strict=True):
+        for effect in submission.effects:
+            row = effect.make_row(results)
+            if row is None:
+                continue
+            key = id(effect.writer)
+            if key not in grouped:
+                grouped[key] = (effect.writer, [])
+            grouped[key][1].append(row)
+    for writer, rows in grouped.values():
+        await writer.write(conn, rows)
+
+
+def _fail(batch: list[_Submission], exc: Exception) -> None:
+    for submission in batch:
+        if not submission.future.done():
+            submission.future.set_exception(exc)
+
