@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
+from datetime import datetime
 
 import asyncpg
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
@@ -48,9 +49,11 @@ def transfer(debit: Account | uuid.UUID, credit: Account | uuid.UUID, amount: in
 
 
 @asynccontextmanager
-async def running_engine(pool: asyncpg.Pool, **config) -> AsyncIterator[LedgerEngine]:
+async def running_engine(
+    pool: asyncpg.Pool, *, clock: Callable[[], datetime] | None = None, **config
+) -> AsyncIterator[LedgerEngine]:
     settings = {"batch_window_ms": 1.0, "checkpoint_every_batches": 10, **config}
-    engine = LedgerEngine(pool, EngineConfig(**settings), SIGNING_KEY)
+    engine = LedgerEngine(pool, EngineConfig(**settings), SIGNING_KEY, clock=clock)
     await engine.start()
     try:
         yield engine

@@ -1,0 +1,384 @@
+"""The batching engine against real PostgreSQL: concurrency, processes, replays, tampering."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import secrets
+import subprocess
+import sys
+import time
+from collections import Counter
+from collections.abc import AsyncIterator
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import asyncpg
+import pytest
+
+from gwallet.migrate import migrate
+from ledger_core import (
+    CreateTransferResult,
+    Effect,
+    LedgerOverloaded,
+    LedgerUnavailable,
+    TransferFlags,
+    verify_ledger,
+)
+from ledger_core.sql import load_queries, query_files
+from tests.conftest import _with_database
+from tests.ledger_helpers import SIGNING_KEY, account, make_accounts, running_engine, transfer
+
+R = CreateTransferResult
+ROOT = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture
+async def fresh_database(admin_database_url: str) -> AsyncIterator[str]:
+    """A database of its own, for tests that break things on purpose."""
+    name = f"gwallet_fresh_{os.getpid()}_{secrets.token_hex(3)}"
+    admin = await asyncpg.connect(admin_database_url)
+    await admin.execute(f'CREATE DATABASE "{name}"')
+    url = _with_database(admin_database_url, name)
+    try:
+        yield url
+    finally:
+        await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        await admin.close()
+
+
+@pytest.fixture
+async def fresh_pool(fresh_database: str) -> AsyncIterator[asyncpg.Pool]:
+    await migrate(fresh_database)
+    pool = await asyncpg.create_pool(fresh_database, min_size=1, max_size=10)
+    yield pool
+    await pool.close()
+
+
+async def balance(pool: asyncpg.Pool, account_id) -> int:
+    row = await pool.fetchrow(
+        "SELECT credits_posted - debits_posted AS balance FROM ledger_accounts WHERE id = $1",
+        account_id,
+    )
+    return row["balance"]
+
+
+# -- migrations and SQL -------------------------------------------------------------------
+
+
+async def test_migrations_apply_to_an_empty_database_and_a_second_run_changes_nothing(
+    fresh_database: str,
+) -> None:
+    first = await migrate(fresh_database)
+    assert first and first == sorted(first)
+    conn = await asyncpg.connect(fresh_database)
+    schema_query = """
+        SELECT table_name, column_name, data_type, is_nullable, column_default
+        FROM information_schema.columns WHERE table_schema = 'public'
+        ORDER BY table_name, column_name
+    """
+    before = await conn.fetch(schema_query)
+    assert await migrate(fresh_database) == []
+    assert await conn.fetch(schema_query) == before
+    assert await conn.fetchval("SELECT count(*) FROM schema_migrations") == len(first)
+    await conn.close()
+
+
+async def test_migrations_run_by_several_processes_at_once_apply_each_file_once(
+    fresh_database: str,
+) -> None:
+    applied = await asyncio.gather(*(migrate(fresh_database) for _ in range(4)))
+    versions = sorted(v for run in applied for v in run)
+    assert versions == sorted(set(versions)) and versions
+
+
+async def test_every_named_query_prepares_against_the_migrated_schema(pool: asyncpg.Pool) -> None:
+    files = query_files()
+    assert any(f.parent.name == "ledger_core" for f in files)
+    async with pool.acquire() as conn:
+        for path in files:
+            for name, sql in load_queries(path).items():
+                try:
+                    await conn.prepare(sql)
+                except asyncpg.PostgresError as exc:  # pragma: no cover - the failure message
+                    pytest.fail(f"{path.name}:{name} does not prepare: {exc}")
+
+
+# -- results and effects --------------------------------------------------------------------
+
+
+async def test_a_transfer_succeeds_once_and_its_replay_reports_exists(pool: asyncpg.Pool) -> None:
+    source, target = account(), account()
+    await make_accounts(pool, source, target)
+    async with running_engine(pool) as engine:
+        t = transfer(source, target, 500)
+        assert await engine.create_transfers([t]) == [R.OK]
+        assert await engine.create_transfers([t]) == [R.EXISTS]
+        changed = transfer(source, target, 501, id=t.id)
+        assert await engine.create_transfers([changed]) == [R.EXISTS_WITH_DIFFERENT_AMOUNT]
+    assert await balance(pool, target.id) == 500
+
+
+async def test_an_id_whose_first_attempt_failed_never_succeeds_later(pool: asyncpg.Pool) -> None:
+    wallet, shop, bank = account(limited=True), account(), account()
+    await make_accounts(pool, wallet, shop, bank)
+    async with running_engine(pool) as engine:
+        pay = transfer(wallet, shop, 100)
+        assert await engine.create_transfers([pay]) == [R.EXCEEDS_CREDITS]
+        assert await engine.create_transfers([transfer(bank, wallet, 1_000)]) == [R.OK]
+        assert await engine.create_transfers([pay]) == [R.ID_ALREADY_FAILED]
+    assert await balance(pool, shop.id) == 0
+
+
+async def test_one_failing_submission_never_fails_the_others_in_its_batch(
+    pool: asyncpg.Pool,
+) -> None:
+    wallet, shop, bank = account(limited=True), account(), account()
+    await make_accounts(pool, wallet, shop, bank)
+    async with running_engine(pool, batch_window_ms=20) as engine:
+        await engine.create_transfers([transfer(bank, wallet, 100)])
+        results = await asyncio.gather(
+            engine.create_transfers([transfer(wallet, shop, 60)]),
+            engine.create_transfers([transfer(wallet, shop, 60)]),
+            engine.create_transfers([transfer(bank, shop, 7)]),
+            engine.create_transfers([transfer(wallet, shop, 40)]),
+        )
+    assert results == [[R.OK], [R.EXCEEDS_CREDITS], [R.OK], [R.OK]]
+    assert await balance(pool, shop.id) == 107
+    assert await balance(pool, wallet.id) == 0
+
+
+async def test_a_linked_chain_commits_as_one_and_reports_which_transfer_broke_it(
+    pool: asyncpg.Pool,
+) -> None:
+    wallet, budget, shop, bank = account(limited=True), account(limited=True), account(), account()
+    await make_accounts(pool, wallet, budget, shop, bank)
+    async with running_engine(pool) as engine:
+        await engine.create_transfers([transfer(bank, wallet, 100), transfer(bank, budget, 50)])
+        results = await engine.create_transfers([
+            transfer(wallet, shop, 80, flags=TransferFlags.LINKED),
+            transfer(budget, shop, 80),
+        ])
+        assert results == [R.LINKED_EVENT_FAILED, R.EXCEEDS_CREDITS]
+        assert await engine.create_transfers([
+            transfer(wallet, shop, 80, flags=TransferFlags.LINKED),
+            transfer(budget, shop, 50),
+        ]) == [R.OK, R.OK]
+    assert await balance(pool, shop.id) == 130
+    assert await balance(pool, wallet.id) == 20
+
+
+async def test_effects_are_written_in_the_batch_transaction_from_the_results(
+    pool: asyncpg.Pool,
+) -> None:
+    await pool.execute("CREATE TABLE IF NOT EXISTS test_effects (id uuid PRIMARY KEY, ok bool)")
+
+    class Writer:
+        async def write(self, conn: asyncpg.Connection, rows: list) -> None:
+            await conn.executemany("INSERT INTO test_effects (id, ok) VALUES ($1, $2)", rows)
+
+    writer = Writer()
+    wallet, shop, bank = account(limited=True), account(), account()
+    await make_accounts(pool, wallet, shop, bank)
+    async with running_engine(pool) as engine:
+        await engine.create_transfers([transfer(bank, wallet, 10)])
+        good, bad = transfer(wallet, shop, 10), transfer(wallet, shop, 10)
+        for t in (good, bad):
+            await engine.create_transfers(
+                [t], effects=[Effect(writer, lambda results, t=t: (t.id, results[0].succeeded))]
+            )
+    rows = dict(await pool.fetch("SELECT id, ok FROM test_effects WHERE id = ANY($1)",
+                                 [good.id, bad.id]))
+    assert rows == {good.id: True, bad.id: False}
+
+
+# -- two-phase --------------------------------------------------------------------------------
+
+
+async def test_a_pending_transfer_expires_after_its_timeout_and_releases_the_reserve(
+    pool: asyncpg.Pool,
+) -> None:
+    now = [datetime.now(UTC)]
+    wallet, shop, bank = account(limited=True), account(), account()
+    await make_accounts(pool, wallet, shop, bank)
+    async with running_engine(pool, clock=lambda: now[0], expiry_interval_seconds=3600) as engine:
+        await engine.create_transfers([transfer(bank, wallet, 100)])
+        hold = transfer(wallet, shop, 70, flags=TransferFlags.PENDING, timeout_seconds=30)
+        assert await engine.create_transfers([hold]) == [R.OK]
+        assert await engine.create_transfers([transfer(wallet, shop, 40)]) == [R.EXCEEDS_CREDITS]
+        now[0] += timedelta(seconds=31)
+        assert await engine.expire_due() == 1
+        post = transfer(None, None, 70, id=None, pending_id=hold.id, ledger=0, code=0,
+                        flags=TransferFlags.POST_PENDING_TRANSFER)
+        assert await engine.create_transfers([post]) == [R.PENDING_TRANSFER_EXPIRED]
+        assert await engine.create_transfers([transfer(wallet, shop, 100)]) == [R.OK]
+    accounts = await engine.lookup_accounts([wallet.id])
+    assert accounts[wallet.id].debits_pending == 0
+
+
+# -- concurrency ------------------------------------------------------------------------------
+
+
+async def test_ten_thousand_concurrent_transfers_never_overdraw_a_limited_account(
+    pool: asyncpg.Pool,
+) -> None:
+    wallet, shop, bank = account(limited=True), account(), account()
+    await make_accounts(pool, wallet, shop, bank)
+    async with running_engine(pool, batch_max_transfers=500) as engine:
+        await engine.create_transfers([transfer(bank, wallet, 1_000_000)])
+        results = await asyncio.gather(
+            *(engine.create_transfers([transfer(wallet, shop, 300)]) for _ in range(10_000))
+        )
+    counts = Counter(r[0] for r in results)
+    assert counts == {R.OK: 3_333, R.EXCEEDS_CREDITS: 6_667}
+    assert await balance(pool, wallet.id) == 100
+    assert await balance(pool, shop.id) == 999_900
+
+
+def _run_processes(dsn: str, debit, credit, per_process: int, amount: int,
+                   processes: int = 2, same_id=None) -> Counter:
+    start_at = time.time() + 3.0  # both engines are up before the first transfer
+    script = ROOT / "tests" / "ledger_process.py"
+    extra = ["--same-id", str(same_id)] if same_id else []
+    children = [
+        subprocess.Popen(
+            [sys.executable, str(script), dsn, str(debit), str(credit), str(per_process),
+             str(amount), str(start_at), *extra],
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        )
+        for _ in range(processes)
+    ]
+    total: Counter = Counter()
+    for child in children:
+        out, err = child.communicate(timeout=120)
+        assert child.returncode == 0, err
+        total.update(json.loads(out))
+    return total
+
+
+async def test_two_service_processes_sharing_the_database_never_overdraw_an_account(
+    pool: asyncpg.Pool, database_url: str,
+) -> None:
+    wallet, shop, bank = account(limited=True), account(), account()
+    await make_accounts(pool, wallet, shop, bank)
+    async with running_engine(pool) as engine:
+        await engine.create_transfers([transfer(bank, wallet, 1_000_000)])
+    counts = await asyncio.to_thread(
+        _run_processes, database_url, wallet.id, shop.id, 5_000, 300
+    )
+    assert counts == {"OK": 3_333, "EXCEEDS_CREDITS": 6_667}
+    assert await balance(pool, wallet.id) == 100
+    report = await verify_ledger(pool, SIGNING_KEY.public_key())
+    assert report.ok, report.failures
+
+
+async def test_a_thousand_concurrent_replays_of_one_transfer_id_have_one_effect(
+    pool: asyncpg.Pool, database_url: str,
+) -> None:
+    source, target = account(), account()
+    await make_accounts(pool, source, target)
+    t = transfer(source, target, 1234)
+    async with running_engine(pool) as engine:
+        results = await asyncio.gather(*(engine.create_transfers([t]) for _ in range(1_000)))
+    assert Counter(r[0] for r in results) == {R.OK: 1, R.EXISTS: 999}
+    # and across two processes, replaying the same id once more each
+    counts = await asyncio.to_thread(
+        _run_processes, database_url, source.id, target.id, 500, 1234, 2, t.id
+    )
+    assert counts == {"EXISTS": 1_000}
+    assert await balance(pool, target.id) == 1234
+    assert await pool.fetchval(
+        "SELECT count(*) FROM ledger_transfers WHERE id = $1", t.id) == 1
+
+
+async def test_a_full_queue_is_refused_at_once_with_overloaded(pool: asyncpg.Pool) -> None:
+    source, target = account(), account()
+    await make_accounts(pool, source, target)
+    async with running_engine(pool, batch_max_transfers=10, queue_max_transfers=20,
+                              batch_window_ms=50) as engine:
+        outcomes = await asyncio.gather(
+            *(engine.create_transfers([transfer(source, target, 1)]) for _ in range(100)),
+            return_exceptions=True,
+        )
+    refused = [o for o in outcomes if isinstance(o, LedgerOverloaded)]
+    accepted = [o for o in outcomes if o == [R.OK]]
+    assert refused and accepted and len(refused) + len(accepted) == 100
+
+
+async def test_a_lost_database_answers_unavailable_instead_of_hanging(
+    fresh_pool: asyncpg.Pool, fresh_database: str, admin_database_url: str,
+) -> None:
+    source, target = account(), account()
+    await make_accounts(fresh_pool, source, target)
+    async with running_engine(fresh_pool) as engine:
+        assert await engine.create_transfers([transfer(source, target, 1)]) == [R.OK]
+        admin = await asyncpg.connect(admin_database_url)
+        await admin.execute(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = $1",
+            fresh_database.rsplit("/", 1)[1],
+        )
+        await admin.execute(
+            f'ALTER DATABASE "{fresh_database.rsplit("/", 1)[1]}" ALLOW_CONNECTIONS false')
+        with pytest.raises(LedgerUnavailable):
+            await asyncio.wait_for(engine.create_transfers([transfer(source, target, 1)]), 10)
+        await admin.execute(
+            f'ALTER DATABASE "{fresh_database.rsplit("/", 1)[1]}" ALLOW_CONNECTIONS true')
+        await admin.close()
+        # The engine recovers by itself once the database is back.
+        assert await engine.create_transfers([transfer(source, target, 1)]) == [R.OK]
+
+
+# -- tamper evidence --------------------------------------------------------------------------
+
+
+async def test_editing_a_transfer_row_directly_is_detected_by_verify_at_its_link(
+    fresh_pool: asyncpg.Pool,
+) -> None:
+    source, target = account(), account()
+    await make_accounts(fresh_pool, source, target)
+    async with running_engine(fresh_pool, checkpoint_every_batches=3) as engine:
+        for amount in range(1, 8):
+            assert await engine.create_transfers([transfer(source, target, amount)]) == [R.OK]
+    clean = await verify_ledger(fresh_pool, SIGNING_KEY.public_key())
+    assert clean.ok and clean.links == 7 and clean.checkpoints == 2
+    victim = await fresh_pool.fetchrow(
+        "SELECT t.id, c.seq FROM ledger_transfers t JOIN ledger_chain c USING (batch_id) "
+        "WHERE t.amount = 5")
+    async with fresh_pool.acquire() as conn:
+        with pytest.raises(asyncpg.IntegrityConstraintViolationError):
+            await conn.execute("UPDATE ledger_transfers SET amount = 500 WHERE id = $1",
+                               victim["id"])
+        # An attacker with superuser rights switches the immutability trigger off.
+        await conn.execute("SET session_replication_role = replica")
+        await conn.execute("UPDATE ledger_transfers SET amount = 500 WHERE id = $1", victim["id"])
+        await conn.execute("UPDATE ledger_accounts SET credits_posted = credits_posted + 495 "
+                           "WHERE id = $1", target.id)
+        await conn.execute("UPDATE ledger_accounts SET debits_posted = debits_posted + 495 "
+                           "WHERE id = $1", source.id)
+        await conn.execute("RESET session_replication_role")
+    report = await verify_ledger(fresh_pool, SIGNING_KEY.public_key())
+    assert not report.ok
+    assert report.first_broken_link == victim["seq"]
+    assert [f.check for f in report.failures] == ["chain"]
+
+
+async def test_rewriting_the_chain_after_an_edit_is_caught_by_the_signed_checkpoints(
+    fresh_pool: asyncpg.Pool,
+) -> None:
+    source, target = account(), account()
+    await make_accounts(fresh_pool, source, target)
+    async with running_engine(fresh_pool, checkpoint_every_batches=2) as engine:
+        for amount in range(1, 5):
+            await engine.create_transfers([transfer(source, target, amount)])
+    async with fresh_pool.acquire() as conn:
+        await conn.execute("SET session_replication_role = replica")
+        # Forge link 2 consistently and re-sign nothing: the checkpoint no longer matches.
+        await conn.execute("UPDATE ledger_chain SET link = sha256(link) WHERE seq = 2")
+        await conn.execute("UPDATE ledger_chain SET prev_link = (SELECT link FROM ledger_chain "
+                           "WHERE seq = 2) WHERE seq = 3")
+        await conn.execute("RESET session_replication_role")
+    report = await verify_ledger(fresh_pool, SIGNING_KEY.public_key())
+    assert not report.ok
+    assert report.first_broken_link == 2
+    assert {f.check for f in report.failures} >= {"chain", "checkpoint"}
