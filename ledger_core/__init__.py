@@ -38,6 +38,7 @@ from ledger_core.model import (
     StoredTransfer,
     Transfer,
     TransferFlags,
+    new_id,
 )
 from ledger_core.verify import VerifyReport, verify_ledger
 
@@ -59,5 +60,6 @@ __all__ = [
     "VerifyReport",
     "close_account",
     "create_accounts",
+    "new_id",
     "verify_ledger",
 ]

@@ -62,6 +62,10 @@ class BatchDecision:
     resolutions: list[Resolution] = field(default_factory=list)  # posts, voids, expiries
     expiries: list[StoredTransfer] = field(default_factory=list)  # pendings expired here
     touched: set[uuid.UUID] = field(default_factory=set)  # accounts whose totals changed
+    # For shared accounts (read without a lock; see engine.py): the lowest headroom any
+    # accepted transfer left, and which ones refused a transfer for their limit.
+    shared_min_headroom: dict[uuid.UUID, int] = field(default_factory=dict)
+    shared_refused: set[uuid.UUID] = field(default_factory=set)
 
 
 def is_due(pending: StoredTransfer, now: datetime) -> bool:
@@ -281,8 +285,12 @@ def _decide_one(
     if credits_after > AMOUNT_MAX:
         return R.OVERFLOWS_CREDITS
     if debit.debits_must_not_exceed_credits and debits_after > debit.credits_posted:
+        if debit.shared:
+            decision.shared_refused.add(debit_id)
         return R.EXCEEDS_CREDITS
     if credit.credits_must_not_exceed_debits and credits_after > credit.debits_posted:
+        if credit.shared:
+            decision.shared_refused.add(credit_id)
         return R.EXCEEDS_DEBITS
 
     if undo is not None:
@@ -296,6 +304,10 @@ def _decide_one(
         credit.credits_posted += amount
     touched.append(debit_id)
     touched.append(credit_id)
+    if debit.shared:
+        _note_headroom(decision, debit)
+    if credit.shared:
+        _note_headroom(decision, credit)
     expires_at = now + timedelta(seconds=t.timeout_seconds) if t.timeout_seconds else None
     stored = StoredTransfer(
         id=t.id,
@@ -422,6 +434,15 @@ def _decide_post_or_void(
     added_ids.append(t.id)
     decision.transfers.append(stored)
     return R.OK
+
+
+def _note_headroom(decision: BatchDecision, account: AccountBalance) -> None:
+    headroom = account.headroom
+    if headroom is None:
+        return
+    lowest = decision.shared_min_headroom.get(account.id)
+    if lowest is None or headroom < lowest:
+        decision.shared_min_headroom[account.id] = headroom
 
 
 def exists_result(t: Transfer, e: StoredTransfer) -> CreateTransferResult:

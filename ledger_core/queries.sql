@@ -13,10 +13,26 @@ LEFT JOIN ledger_failed_transfers f ON f.id = u.id
 WHERE t.id IS NOT NULL OR f.id IS NOT NULL
 
 -- name: lock_accounts
--- Locks in sorted id order: every batch of every process locks the same way, so none
--- can deadlock another.
+-- Locks the batch's accounts that are not shared, in sorted id order. Every batch of every
+-- process locks in the same global order (unshared by id, then shared by id, then the chain
+-- head), so none can deadlock another.
 SELECT id, ledger, code, debits_must_not_exceed_credits, credits_must_not_exceed_debits, closed,
-       debits_pending, debits_posted, credits_pending, credits_posted
+       debits_pending, debits_posted, credits_pending, credits_posted, shared
+FROM ledger_accounts
+WHERE id = ANY($1::uuid[]) AND NOT shared
+ORDER BY id
+FOR UPDATE
+
+-- name: read_shared_accounts
+-- The batch's shared accounts as they are now, without a lock (the engine checks later).
+SELECT id, ledger, code, debits_must_not_exceed_credits, credits_must_not_exceed_debits, closed,
+       debits_pending, debits_posted, credits_pending, credits_posted, shared
+FROM ledger_accounts
+WHERE id = ANY($1::uuid[]) AND shared
+
+-- name: lock_shared_accounts
+SELECT id, ledger, code, debits_must_not_exceed_credits, credits_must_not_exceed_debits, closed,
+       debits_pending, debits_posted, credits_pending, credits_posted, shared
 FROM ledger_accounts
 WHERE id = ANY($1::uuid[])
 ORDER BY id
@@ -35,19 +51,7 @@ FROM unnest($1::uuid[], $2::bigint[], $3::bigint[], $4::bigint[], $5::bigint[])
      AS u (id, debits_pending, debits_posted, credits_pending, credits_posted)
 WHERE a.id = u.id
 
--- name: insert_transfers
-INSERT INTO ledger_transfers (
-    id, debit_account_id, credit_account_id, amount, ledger, code, flags, pending_id,
-    timeout_seconds, user_data_128, user_data_64, user_data_32, batch_id, batch_index,
-    created_at, expires_at)
-SELECT u.id, u.debit_account_id, u.credit_account_id, u.amount, u.ledger, u.code, u.flags,
-       u.pending_id, u.timeout_seconds, u.user_data_128, u.user_data_64, u.user_data_32,
-       $13::bigint, u.batch_index, $14::timestamptz, u.expires_at
-FROM unnest($1::uuid[], $2::uuid[], $3::uuid[], $4::bigint[], $5::integer[], $6::integer[],
-            $7::integer[], $8::uuid[], $9::integer[], $10::uuid[], $11::bigint[],
-            $12::integer[], $15::integer[], $16::timestamptz[])
-     AS u (id, debit_account_id, credit_account_id, amount, ledger, code, flags, pending_id,
-           timeout_seconds, user_data_128, user_data_64, user_data_32, batch_index, expires_at)
+-- (Transfers are inserted with COPY by the engine: see TRANSFER_COLUMNS in engine.py.)
 
 -- name: insert_failed_transfers
 INSERT INTO ledger_failed_transfers (id, result, failed_at)
@@ -81,15 +85,15 @@ INSERT INTO ledger_checkpoints (seq, link, public_key, signature) VALUES ($1, $2
 -- name: insert_accounts
 INSERT INTO ledger_accounts (
     id, ledger, code, debits_must_not_exceed_credits, credits_must_not_exceed_debits,
-    user_data_128, user_data_64, user_data_32)
+    user_data_128, user_data_64, user_data_32, shared)
 SELECT * FROM unnest($1::uuid[], $2::integer[], $3::integer[], $4::boolean[], $5::boolean[],
-                     $6::uuid[], $7::bigint[], $8::integer[])
+                     $6::uuid[], $7::bigint[], $8::integer[], $9::boolean[])
 ON CONFLICT (id) DO NOTHING
 RETURNING id
 
 -- name: lookup_accounts
 SELECT id, ledger, code, debits_must_not_exceed_credits, credits_must_not_exceed_debits, closed,
-       debits_pending, debits_posted, credits_pending, credits_posted, user_data_128,
+       shared, debits_pending, debits_posted, credits_pending, credits_posted, user_data_128,
        user_data_64, user_data_32
 FROM ledger_accounts
 WHERE id = ANY($1::uuid[])
@@ -165,6 +169,13 @@ SELECT 'post_or_void_without_resolution', t.id
 FROM ledger_transfers t
 LEFT JOIN ledger_pending_resolutions r ON r.pending_id = t.pending_id AND r.transfer_id = t.id
 WHERE (t.flags & 12) <> 0 AND r.pending_id IS NULL
+LIMIT $1
+
+-- name: verify_transfer_accounts
+-- Every transfer names two accounts that exist (the engine locked them when it wrote it).
+SELECT t.id FROM ledger_transfers t
+WHERE NOT EXISTS (SELECT 1 FROM ledger_accounts a WHERE a.id = t.debit_account_id)
+   OR NOT EXISTS (SELECT 1 FROM ledger_accounts a WHERE a.id = t.credit_account_id)
 LIMIT $1
 
 -- name: verify_chain_page

@@ -74,6 +74,9 @@ async def _verify(conn: asyncpg.Connection, public_key: Ed25519PublicKey | None)
         for row in await conn.fetch(Q["verify_limit_flags"], _REPORT_LIMIT):
             failures.append(Failure(check="limit_flags", account_id=str(row["id"]),
                                     detail="a limit flag is violated"))
+        for row in await conn.fetch(Q["verify_transfer_accounts"], _REPORT_LIMIT):
+            failures.append(Failure(check="transfer_accounts",
+                                    detail=f"transfer {row['id']} names a missing account"))
         for row in await conn.fetch(Q["verify_resolutions"], _REPORT_LIMIT):
             failures.append(Failure(check="pending_resolutions",
                                     detail=f"{row['problem']}: {row['id']}"))

@@ -11,7 +11,7 @@ import asyncpg
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from ledger_core import Account, CreateAccountResult, EngineConfig, LedgerEngine, Transfer
-from ledger_core import create_accounts
+from ledger_core import create_accounts, new_id
 
 THB = 764  # the ledger of Thai baht, by its ISO 4217 number
 CODE_WALLET = 1
@@ -19,8 +19,6 @@ CODE_OPERATOR = 2
 SIGNING_KEY = Ed25519PrivateKey.from_private_bytes(bytes(range(32)))
 
 
-def new_id() -> uuid.UUID:
-    return uuid.uuid4()
 
 
 async def make_accounts(pool: asyncpg.Pool, *accounts: Account) -> None:

