@@ -160,7 +160,8 @@ class _Submission:
 class BatchStats:
     batches: int
     transfers: int
-    retries: int
+    retries: int  # batches run again after a deadlock, serialization failure or duplicate id
+    redecided: int  # batches decided again because a shared account moved meanwhile
 
 
 class LedgerEngine:
@@ -188,6 +189,7 @@ class LedgerEngine:
         self._batches = 0
         self._transfers = 0
         self._retries = 0
+        self._redecided = 0
 
     # -- lifecycle ---------------------------------------------------------------------
 
@@ -222,7 +224,7 @@ class LedgerEngine:
 
     @property
     def stats(self) -> BatchStats:
-        return BatchStats(self._batches, self._transfers, self._retries)
+        return BatchStats(self._batches, self._transfers, self._retries, self._redecided)
 
     @property
     def public_key(self) -> bytes:
@@ -440,6 +442,7 @@ class LedgerEngine:
                     # The shared balances moved in a way that could change a result: decide
                     # again on the locked, current values.
                     await conn.execute("ROLLBACK TO SAVEPOINT ledger_shared")
+                    self._redecided += 1
                     fresh = {row["id"]: row for row in current}
                     decision, state = decide([fresh.get(row["id"], row) for row in shared])
                     await self._write(conn, batch, decision, state, batch_id, now)

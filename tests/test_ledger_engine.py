@@ -220,10 +220,11 @@ async def test_a_pending_transfer_expires_after_its_timeout_and_releases_the_res
 # -- concurrency ------------------------------------------------------------------------------
 
 
+@pytest.mark.parametrize("shared", [False, True], ids=["locked_first", "shared_locked_last"])
 async def test_ten_thousand_concurrent_transfers_never_overdraw_a_limited_account(
-    pool: asyncpg.Pool,
+    pool: asyncpg.Pool, shared: bool,
 ) -> None:
-    wallet, shop, bank = account(limited=True), account(), account()
+    wallet, shop, bank = account(limited=True, shared=shared), account(), account()
     await make_accounts(pool, wallet, shop, bank)
     async with running_engine(pool, batch_max_transfers=500) as engine:
         await engine.create_transfers([transfer(bank, wallet, 1_000_000)])
@@ -257,10 +258,11 @@ def _run_processes(dsn: str, debit, credit, per_process: int, amount: int,
     return total
 
 
+@pytest.mark.parametrize("shared", [False, True], ids=["locked_first", "shared_locked_last"])
 async def test_two_service_processes_sharing_the_database_never_overdraw_an_account(
-    pool: asyncpg.Pool, database_url: str,
+    pool: asyncpg.Pool, database_url: str, shared: bool,
 ) -> None:
-    wallet, shop, bank = account(limited=True), account(), account()
+    wallet, shop, bank = account(limited=True, shared=shared), account(), account()
     await make_accounts(pool, wallet, shop, bank)
     async with running_engine(pool) as engine:
         await engine.create_transfers([transfer(bank, wallet, 1_000_000)])
@@ -382,3 +384,36 @@ async def test_rewriting_the_chain_after_an_edit_is_caught_by_the_signed_checkpo
     assert not report.ok
     assert report.first_broken_link == 2
     assert {f.check for f in report.failures} >= {"chain", "checkpoint"}
+
+
+async def test_a_shared_budget_spent_from_many_accounts_at_once_stops_at_exactly_zero(
+    pool: asyncpg.Pool, database_url: str,
+) -> None:
+    """Payment-shaped: each submission debits its own wallet and the one shared budget."""
+    budget = account(limited=True, shared=True)
+    bank, shop = account(shared=True), account()
+    wallets = [account(limited=True) for _ in range(2_000)]
+    await make_accounts(pool, budget, bank, shop, *wallets)
+    async with running_engine(pool, batch_max_transfers=400, batch_concurrency=3) as engine:
+        funding = [transfer(bank, w, 1_000) for w in wallets] + [transfer(bank, budget, 150_007)]
+        for start in range(0, len(funding), 400):
+            assert set(await engine.create_transfers(funding[start:start + 400])) == {R.OK}
+        results = await asyncio.gather(*(
+            engine.create_transfers([
+                transfer(w, shop, 100, flags=TransferFlags.LINKED),
+                transfer(budget, shop, 100 + i % 7),
+            ])
+            for i, w in enumerate(wallets)
+        ))
+    paid = sum(1 for r in results if r == [R.OK, R.OK])
+    refused = sum(1 for r in results if r == [R.LINKED_EVENT_FAILED, R.EXCEEDS_CREDITS])
+    assert paid + refused == len(wallets)
+    remaining = await balance(pool, budget.id)
+    refused_subsidies = [100 + i % 7 for i, r in enumerate(results) if r != [R.OK, R.OK]]
+    assert refused_subsidies  # the budget ran out
+    # The budget only shrinks, so every refusal saw more than what is left: none would fit.
+    assert 0 <= remaining < min(refused_subsidies)
+    spent = 150_007 - remaining
+    assert spent == sum(100 + i % 7 for i, r in enumerate(results) if r == [R.OK, R.OK])
+    report = await verify_ledger(pool, SIGNING_KEY.public_key())
+    assert report.ok, report.failures
