@@ -33,6 +33,8 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     max_request_body_bytes: int = 64 * 1024
     page_limit_max: int = 100
     request_timeout_seconds: float = 10.0
+    # /readyz gives each dependency this long to answer.
+    readiness_timeout_seconds: float = 1.0
 
     # PostgreSQL pool.
     db_pool_min_size: int = 2
@@ -59,6 +61,8 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     # Idempotency keys are kept at least this long.
     idempotency_retention_hours: int = 48
     idempotency_lock_seconds: float = 30.0
+    # How often each process deletes keys older than the retention.
+    idempotency_purge_interval_seconds: float = 3600.0
 
     # Logging.
     log_level: str = "INFO"

@@ -101,3 +101,71 @@ async def redis_client(redis_url: str) -> AsyncIterator[redis_asyncio.Redis]:
     client = redis_asyncio.Redis.from_url(redis_url)
     yield client
     await client.aclose()
+
+
+# --- The HTTP service (gwallet.app), served by uvicorn on 127.0.0.1 for the session ---------
+# (Imported here, below the ledger fixtures, to keep this part of the file self-contained.)
+
+import httpx  # noqa: E402
+
+from gwallet.app import create_app  # noqa: E402
+from gwallet.settings import Settings  # noqa: E402
+from tests.http_service import free_port, serving  # noqa: E402
+from tests.routes_for_tests import CREATE_TEST_TABLES, TEST_ROUTES  # noqa: E402
+
+def _service_settings(database_url: str, redis_url: str, data_dir: Path, **overrides) -> Settings:
+    return Settings(
+        database_url=database_url,
+        redis_url=redis_url,
+        data_dir=str(data_dir),
+        ledger_batch_window_ms=1.0,
+        **overrides,
+    )
+
+
+@pytest.fixture(scope="session")
+def service_data_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("gwallet-data")
+
+
+@pytest.fixture(scope="session")
+def service_url(database_url: str, redis_url: str, service_data_dir: Path) -> Iterator[str]:
+    """The app with the test-only routes, against the session's database and Redis."""
+
+    async def create_tables() -> None:
+        conn = await asyncpg.connect(database_url)
+        try:
+            await conn.execute(CREATE_TEST_TABLES)
+        finally:
+            await conn.close()
+
+    asyncio.run(create_tables())
+    settings = _service_settings(database_url, redis_url, service_data_dir)
+    with serving(create_app(settings, route_handlers=TEST_ROUTES)) as url:
+        yield url
+
+
+@pytest.fixture(scope="session")
+def service_without_redis_url(database_url: str, service_data_dir: Path, service_url: str) -> Iterator[str]:
+    """The same app whose Redis is down (nothing listens on its port), with a 1 s time limit."""
+    settings = _service_settings(
+        database_url,
+        f"redis://127.0.0.1:{free_port()}/0",
+        service_data_dir,
+        request_timeout_seconds=1.0,
+        readiness_timeout_seconds=0.5,
+    )
+    with serving(create_app(settings, route_handlers=TEST_ROUTES)) as url:
+        yield url
+
+
+@pytest.fixture(scope="session")
+async def api(service_url: str) -> AsyncIterator[httpx.AsyncClient]:
+    async with httpx.AsyncClient(base_url=service_url, timeout=15) as client:
+        yield client
+
+
+@pytest.fixture(scope="session")
+async def api_without_redis(service_without_redis_url: str) -> AsyncIterator[httpx.AsyncClient]:
+    async with httpx.AsyncClient(base_url=service_without_redis_url, timeout=15) as client:
+        yield client

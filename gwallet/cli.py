@@ -1,0 +1,229 @@
+"""The ``gwallet`` command.
+
+    gwallet serve [--host H] [--port P] [--workers N] [--server granian|uvicorn]
+    gwallet migrate
+    gwallet demo [--serve ...]
+    gwallet ledger verify
+
+Settings come from ``GWALLET_*`` environment variables (README); the options above override
+their namesakes. Without ``GWALLET_DATABASE_URL``/``GWALLET_REDIS_URL`` the embedded servers are
+started here, once, and their URLs handed to the workers through the environment.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import os
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+import msgspec
+
+from gwallet import logs
+from gwallet.settings import Settings, SettingsError
+
+APP_FACTORY = "gwallet.app:app_factory"
+SERVERS = ("granian", "uvicorn")
+_log = logging.getLogger("gwallet.cli")
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    try:
+        settings = Settings.from_env(**_overrides(args))
+    except SettingsError as exc:
+        print(f"gwallet: {exc}", file=sys.stderr)
+        return 2
+    logs.configure(settings.log_level, settings.log_json)
+    return int(args.run(args, settings) or 0)
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="gwallet", description=__doc__.split("\n")[0])
+    commands = parser.add_subparsers(required=True, metavar="command")
+
+    serve = commands.add_parser("serve", help="run the HTTP service")
+    _serve_options(serve)
+    serve.set_defaults(run=_serve)
+
+    migrate = commands.add_parser("migrate", help="apply pending database migrations")
+    migrate.set_defaults(run=_migrate)
+
+    demo = commands.add_parser("demo", help="seed demo data and print how to try the service")
+    demo.add_argument("--serve", action="store_true", help="then run the service")
+    _serve_options(demo)
+    demo.set_defaults(run=_demo)
+
+    ledger = commands.add_parser("ledger", help="ledger administration")
+    ledger_commands = ledger.add_subparsers(required=True, metavar="command")
+    verify = ledger_commands.add_parser("verify", help="check every ledger invariant and the chain")
+    verify.set_defaults(run=_verify)
+    return parser
+
+
+def _serve_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--host", help="address to listen on (GWALLET_HOST)")
+    parser.add_argument("--port", type=int, help="port to listen on (GWALLET_PORT)")
+    parser.add_argument("--workers", type=int, help="worker processes (GWALLET_WORKERS)")
+    parser.add_argument("--server", choices=SERVERS, help="ASGI server (GWALLET_SERVER)")
+
+
+def _overrides(args: argparse.Namespace) -> dict[str, object]:
+    names = ("host", "port", "workers", "server")
+    return {name: getattr(args, name) for name in names if getattr(args, name, None) is not None}
+
+
+# --- backing services ------------------------------------------------------------------
+
+
+def with_backing_services(settings: Settings) -> Settings:
+    """Start the embedded servers the settings ask for (no URL given), once, in this process.
+
+    Their URLs go into this process's environment, which worker processes inherit, so every
+    worker uses the same servers instead of racing to start its own.
+    """
+    from gwallet.embedded import start_postgres, start_redis
+
+    changes: dict[str, str] = {}
+    if settings.database_url is None:
+        changes["database_url"] = start_postgres(settings.data_path)
+        _log.warning(
+            "no GWALLET_DATABASE_URL: using the embedded PostgreSQL in %s", settings.data_path
+        )
+    if settings.redis_url is None:
+        changes["redis_url"] = start_redis(settings.data_path)
+        _log.warning("no GWALLET_REDIS_URL: using the embedded Redis in %s", settings.data_path)
+    for name, value in changes.items():
+        os.environ["GWALLET_" + name.upper()] = value
+    return msgspec.structs.replace(settings, **changes)
+
+
+def _prepare_for_workers(settings: Settings) -> Settings:
+    """Everything that must happen once, before worker processes start."""
+    from gwallet.keys import load_signing_key
+    from gwallet.migrate import migrate
+
+    settings = with_backing_services(settings)
+    assert settings.database_url is not None
+    asyncio.run(migrate(settings.database_url))
+    load_signing_key(settings)  # a development key is created here, not by racing workers
+    return settings
+
+
+# --- commands --------------------------------------------------------------------------
+
+
+def _serve(args: argparse.Namespace, settings: Settings) -> int:
+    settings = _prepare_for_workers(settings)
+    return serve(settings)
+
+
+def serve(settings: Settings) -> int:
+    if settings.server not in SERVERS:
+        print(f"gwallet: GWALLET_SERVER must be one of {', '.join(SERVERS)}", file=sys.stderr)
+        return 2
+    if not 1 <= settings.workers <= 64:
+        print("gwallet: workers must be 1..64", file=sys.stderr)
+        return 2
+    if settings.workers > 1:
+        _prepare_multiprocess_metrics(settings.data_path / "prometheus")
+    _log.info(
+        "serving",
+        extra={
+            "host": settings.host,
+            "port": settings.port,
+            "workers": settings.workers,
+            "server": settings.server,
+        },
+    )
+    if settings.server == "granian":
+        from granian import Granian
+        from granian.constants import Interfaces
+
+        Granian(
+            APP_FACTORY,
+            factory=True,
+            address=settings.host,
+            port=settings.port,
+            interface=Interfaces.ASGI,
+            workers=settings.workers,
+            websockets=False,
+            # Granian's own log records go to the root logger, i.e. our JSON lines.
+            log_dictconfig={"loggers": {"_granian": {"handlers": [], "propagate": True}}},
+            log_access=False,  # gwallet.access logs each request with its route template
+        ).serve()
+    else:
+        import uvicorn
+
+        uvicorn.run(
+            APP_FACTORY,
+            factory=True,
+            host=settings.host,
+            port=settings.port,
+            workers=settings.workers,
+            lifespan="on",
+            log_config=None,  # gwallet.logs configures logging
+            access_log=False,
+            timeout_graceful_shutdown=int(settings.request_timeout_seconds) + 5,
+        )
+    return 0
+
+
+def _prepare_multiprocess_metrics(folder: Path) -> None:
+    """Point prometheus-client at an emptied folder before any worker imports it.
+
+    (This process must not import prometheus-client itself before this: gwallet.metrics.)
+    """
+    folder.mkdir(parents=True, exist_ok=True)
+    for stale in folder.glob("*.db"):  # values of a previous run must not be added up
+        stale.unlink()
+    os.environ["PROMETHEUS_MULTIPROC_DIR"] = str(folder)
+
+
+def _migrate(args: argparse.Namespace, settings: Settings) -> int:
+    from gwallet.migrate import migrate
+
+    settings = with_backing_services(settings)
+    assert settings.database_url is not None
+    applied = asyncio.run(migrate(settings.database_url))
+    print(f"applied migrations: {applied}" if applied else "database is up to date")
+    return 0
+
+
+def _demo(args: argparse.Namespace, settings: Settings) -> int:
+    from gwallet.demo import print_instructions, seed
+
+    settings = _prepare_for_workers(settings)
+    report = asyncio.run(seed(settings))
+    print_instructions(settings, report, serving=args.serve)
+    if args.serve:
+        return serve(settings)
+    return 0
+
+
+def _verify(args: argparse.Namespace, settings: Settings) -> int:
+    settings = with_backing_services(settings)
+    report = asyncio.run(_run_verify(settings))
+    print(msgspec.json.format(msgspec.json.encode(report), indent=2).decode())
+    return 0 if report.ok else 1
+
+
+async def _run_verify(settings: Settings):  # type: ignore[no-untyped-def]
+    import asyncpg
+
+    from gwallet.keys import load_signing_key
+    from ledger_core.verify import verify_ledger
+
+    public_key = load_signing_key(settings).public_key()
+    conn = await asyncpg.connect(settings.database_url, timeout=settings.db_connect_timeout_seconds)
+    try:
+        return await verify_ledger(conn, public_key)
+    finally:
+        await conn.close()
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

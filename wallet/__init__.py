@@ -1,0 +1,22 @@
+"""wallet: citizens, their identity and authentication, top-ups, enrolment and paying.
+
+Nouns: a **citizen** (registered once per national ID, checksum-validated; the ID is stored
+only as a keyed hash plus what display needs), a **wallet** (a ledger account of the citizen's
+own money, ``debits_must_not_exceed_credits``), a **session** (after PIN + TOTP), a **top-up**
+(a bank partner's signed credit, idempotent on ``bank_reference``), an **enrolment** (first
+come, first served within a program's quota), and a **payment** (a citizen paying a merchant's
+payment request: the citizen's share and the subsidy share as one linked chain of transfers).
+
+Invariants:
+- every satang moves through ``ledger_core``: a payment is linked transfers whose ids are
+  derived from the Idempotency-Key (``gwallet.idempotency.derive_uuid``), so a retried payment
+  never moves money twice;
+- a wallet never goes negative, and no cap or budget is exceeded even under concurrency
+  (the ledger's limit flags and the rules of ``subsidy_rules`` decide, Postgres enforces);
+- a dynamic payment request is paid at most once;
+- PINs, TOTP secrets and national IDs never appear in logs or responses.
+
+Imports: ``ledger_core`` and ``subsidy_rules``; never ``merchant_api`` internals (a payment
+request is read through its narrow interface) and never ``gwallet`` except for its
+cross-cutting HTTP helpers (problems, idempotency, pagination) in the controllers.
+"""
