@@ -92,6 +92,10 @@ class LedgerUnavailable(Exception):
     transfer ids is safe (ids are idempotency keys)."""
 
 
+class _CommitOutcomeUnknown(Exception):
+    """The connection failed while COMMIT was in flight."""
+
+
 class BatchWriter(Protocol):
     """Writes the rows that callers attached to a batch, in its transaction, in one go."""
 
@@ -357,9 +361,21 @@ class LedgerEngine:
                     return
                 await asyncio.sleep(random.uniform(0, 0.002 * attempt))
                 continue
-            except _UNAVAILABLE as exc:
-                _fail(batch, LedgerUnavailable(f"database unavailable: {type(exc).__name__}"))
+            except _CommitOutcomeUnknown as exc:
+                # The commit may or may not have happened: say so; the callers' retries with
+                # the same transfer ids are safe.
+                _fail(batch, LedgerUnavailable(f"database lost during commit: {exc}"))
                 return
+            except _UNAVAILABLE as exc:
+                # Nothing was committed. A pooled connection the server dropped (a restart)
+                # fails once; a fresh one may work, so try again, bounded.
+                attempt += 1
+                if attempt > self._config.retry_max:
+                    _fail(batch, LedgerUnavailable(f"database unavailable: {type(exc).__name__}"))
+                    return
+                self._retries += 1
+                await asyncio.sleep(min(0.5, 0.01 * 2**attempt))
+                continue
             except asyncpg.PostgresError:
                 if len(batch) == 1:
                     _log.exception("ledger submission rejected by the database")
@@ -392,61 +408,87 @@ class LedgerEngine:
                     account_ids.add(t.debit_account_id)
                 if t.credit_account_id is not None:
                     account_ids.add(t.credit_account_id)
-        async with self._pool.acquire() as conn, conn.transaction():
-            transfers, failed = _read_lookup(await conn.fetch(Q["lookup_transfers"], list(ids)))
-            for pending_id in pending_ids + expire:
-                pending = transfers.get(pending_id)
-                if pending is not None:
-                    account_ids.add(pending.debit_account_id)
-                    account_ids.add(pending.credit_account_id)
-            wanted = sorted(account_ids, key=_uuid_int)
-            unshared = await conn.fetch(Q["lock_accounts"], wanted)
-            shared: list[asyncpg.Record] = []
-            if len(unshared) < len(wanted):
-                shared = await conn.fetch(Q["read_shared_accounts"], wanted)
-                self._shared_ids.update(row["id"] for row in shared)
-            status: dict[uuid.UUID, PendingStatus] = {}
-            if pending_ids or expire:
-                for row in await conn.fetch(Q["pending_resolutions"], pending_ids + expire):
-                    status[row["pending_id"]] = PendingStatus(row["status"])
-            batch_id = await conn.fetchval(Q["next_batch_id"])
-            now = self._clock()
-
-            def decide(shared_rows: list[asyncpg.Record]) -> tuple[BatchDecision, BatchState]:
-                accounts = {row[0]: AccountBalance(*row) for row in unshared}
-                for row in shared_rows:
-                    accounts[row[0]] = AccountBalance(*row)
-                state = BatchState(accounts, dict(transfers), dict(failed), dict(status))
-                decision = decide_batch(
-                    submissions, state, batch_id=batch_id, now=now, expire=expire
+        async with self._pool.acquire() as conn:
+            transaction = conn.transaction()
+            await transaction.start()
+            try:
+                decision = await self._decide_and_write(
+                    conn, batch, submissions, expire, ids, pending_ids, account_ids
                 )
-                return decision, state
+            except BaseException:
+                if not conn.is_closed():
+                    await transaction.rollback()
+                raise
+            try:
+                await transaction.commit()
+            except _UNAVAILABLE as exc:
+                raise _CommitOutcomeUnknown(type(exc).__name__) from exc
+        return decision
 
-            decision, state = decide(shared)
-            touched_shared = [row for row in shared if row["id"] in decision.touched]
-            if not touched_shared:
-                await self._write(conn, batch, decision, state, batch_id, now)
+    async def _decide_and_write(
+        self,
+        conn: asyncpg.Connection,
+        batch: list[_Submission],
+        submissions: list[Sequence[Transfer]],
+        expire: list[uuid.UUID],
+        ids: set[uuid.UUID],
+        pending_ids: list[uuid.UUID],
+        account_ids: set[uuid.UUID],
+    ) -> BatchDecision:
+        transfers, failed = _read_lookup(await conn.fetch(Q["lookup_transfers"], list(ids)))
+        for pending_id in pending_ids + expire:
+            pending = transfers.get(pending_id)
+            if pending is not None:
+                account_ids.add(pending.debit_account_id)
+                account_ids.add(pending.credit_account_id)
+        wanted = sorted(account_ids, key=_uuid_int)
+        unshared = await conn.fetch(Q["lock_accounts"], wanted)
+        shared: list[asyncpg.Record] = []
+        if len(unshared) < len(wanted):
+            shared = await conn.fetch(Q["read_shared_accounts"], wanted)
+            self._shared_ids.update(row["id"] for row in shared)
+        status: dict[uuid.UUID, PendingStatus] = {}
+        if pending_ids or expire:
+            for row in await conn.fetch(Q["pending_resolutions"], pending_ids + expire):
+                status[row["pending_id"]] = PendingStatus(row["status"])
+        batch_id = await conn.fetchval(Q["next_batch_id"])
+        now = self._clock()
+
+        def decide(shared_rows: list[asyncpg.Record]) -> tuple[BatchDecision, BatchState]:
+            accounts = {row[0]: AccountBalance(*row) for row in unshared}
+            for row in shared_rows:
+                accounts[row[0]] = AccountBalance(*row)
+            state = BatchState(accounts, dict(transfers), dict(failed), dict(status))
+            decision = decide_batch(
+                submissions, state, batch_id=batch_id, now=now, expire=expire
+            )
+            return decision, state
+
+        decision, state = decide(shared)
+        touched_shared = [row for row in shared if row["id"] in decision.touched]
+        if not touched_shared:
+            await self._write(conn, batch, decision, state, batch_id, now)
+        else:
+            # Optimistic: write everything but the shared accounts, then lock those (the
+            # last rows this batch locks) and apply the batch's change to their current
+            # totals. Held only for that update, the chain append and the commit.
+            await conn.execute("SAVEPOINT ledger_shared")
+            await self._write(conn, batch, decision, state, batch_id, now,
+                              skip={row["id"] for row in touched_shared})
+            current = await conn.fetch(
+                Q["lock_shared_accounts"], [row["id"] for row in touched_shared]
+            )
+            if _still_valid(decision, touched_shared, current):
+                await _update_accounts(conn, _rebased(state, touched_shared, current))
             else:
-                # Optimistic: write everything but the shared accounts, then lock those (the
-                # last rows this batch locks) and apply the batch's change to their current
-                # totals. Held only for that update, the chain append and the commit.
-                await conn.execute("SAVEPOINT ledger_shared")
-                await self._write(conn, batch, decision, state, batch_id, now,
-                                  skip={row["id"] for row in touched_shared})
-                current = await conn.fetch(
-                    Q["lock_shared_accounts"], [row["id"] for row in touched_shared]
-                )
-                if _still_valid(decision, touched_shared, current):
-                    await _update_accounts(conn, _rebased(state, touched_shared, current))
-                else:
-                    # The shared balances moved in a way that could change a result: decide
-                    # again on the locked, current values.
-                    await conn.execute("ROLLBACK TO SAVEPOINT ledger_shared")
-                    self._redecided += 1
-                    fresh = {row["id"]: row for row in current}
-                    decision, state = decide([fresh.get(row["id"], row) for row in shared])
-                    await self._write(conn, batch, decision, state, batch_id, now)
-            await self._append_chain(conn, decision, batch_id, now)
+                # The shared balances moved in a way that could change a result: decide
+                # again on the locked, current values.
+                await conn.execute("ROLLBACK TO SAVEPOINT ledger_shared")
+                self._redecided += 1
+                fresh = {row["id"]: row for row in current}
+                decision, state = decide([fresh.get(row["id"], row) for row in shared])
+                await self._write(conn, batch, decision, state, batch_id, now)
+        await self._append_chain(conn, decision, batch_id, now)
         return decision
 
     async def _write(

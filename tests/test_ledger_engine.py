@@ -417,3 +417,23 @@ async def test_a_shared_budget_spent_from_many_accounts_at_once_stops_at_exactly
     assert spent == sum(100 + i % 7 for i, r in enumerate(results) if r == [R.OK, R.OK])
     report = await verify_ledger(pool, SIGNING_KEY.public_key())
     assert report.ok, report.failures
+
+
+async def test_connections_the_server_dropped_are_replaced_without_failing_callers(
+    fresh_pool: asyncpg.Pool, fresh_database: str, admin_database_url: str,
+) -> None:
+    source, target = account(), account()
+    await make_accounts(fresh_pool, source, target)
+    async with running_engine(fresh_pool) as engine:
+        assert await engine.create_transfers([transfer(source, target, 1)]) == [R.OK]
+        admin = await asyncpg.connect(admin_database_url)
+        await admin.execute(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = $1",
+            fresh_database.rsplit("/", 1)[1],
+        )
+        await admin.close()
+        results = await asyncio.gather(
+            *(engine.create_transfers([transfer(source, target, 1)]) for _ in range(50))
+        )
+    assert results == [[R.OK]] * 50
+    assert await balance(fresh_pool, target.id) == 51
