@@ -1,25 +1,41 @@
 """subsidy_rules: subsidy programs and the pure decision of how much the state pays.
 
 Nouns: a **program** (a subsidy scheme such as half-half co-payment, with its budget account
-in the ledger), a **program version** (an immutable spec: share in basis points, daily /
-monthly / total caps in satang, spending hours in Asia/Bangkok, eligible merchant categories
-and regions, quota of enrolments, exclusions of other programs), an **enrolment** (a citizen's
-right in one program), and a **subsidy decision** (for one purchase: subsidy amount, citizen
-amount, the rule that limited it, in words).
+in the ledger), a **program version** (an immutable spec: its kind's rule, caps in satang,
+spending and registration windows in Asia/Bangkok, citizen and merchant eligibility,
+excluded item categories, quota of enrolments, exclusions of other programs), an
+**enrolment** (a citizen's right in one program), and a **subsidy decision** (for one
+purchase: a split into subsidy and citizen amounts naming the rule that bounded it, or a
+ranked refusal reason).
 
 Invariants:
-- the decision is a pure function of (program version, enrolment usage, purchase, now): no I/O,
-  no clock, no randomness; table-driven tests cover every rule and every refusal;
+- the decision is a pure function of (program version, usage counters, purchase, now): no
+  I/O, no clock, no randomness; table-driven tests cover every rule and every refusal;
 - money is integer satang, rates are integer basis points, and rounding is written once
-  (the state's share rounds down, so the state never pays a fraction of a satang too much);
-- subsidy + citizen share == price; the subsidy never passes a cap or the remaining budget;
+  (``decision.share_of``: the state's share rounds down, so the state never pays a fraction
+  of a satang too much);
+- subsidy + citizen share == amount; the subsidy is never negative and never passes a cap or
+  the remaining budget; a cap or budget at zero gives subsidy 0, not a refusal;
 - a version is edited only by making a new one; an approved version never changes
-  (maker-checker: the approver is not the maker of that version).
+  (maker-checker binds ``spec.content_hash``; the approver is not the maker of that version).
 
-Layout (to come): the pure part (``spec``, ``decide``) and the officials' program service
-(``service``, ``queries.sql``) that opens one visible transaction per use case.
+Layout, the pure part:
+- ``spec``: the program spec (msgspec Structs, strict), ``decode_spec`` and
+  ``validate_spec`` raising ``SpecError`` with the JSON path of the field, ``content_hash``.
+  The rule is a tagged union on ``kind`` (``co_payment``, ``grant``); a new kind is one
+  more Struct in ``Rule`` plus one decider.
+- ``periods``: Asia/Bangkok (fixed UTC+7), ``usage_periods(now) -> (day_key, month_key)``.
+- ``eligibility``: ``CitizenProfile``, ``MerchantProfile`` and their checks.
+- ``decision``: ``decide_payment(...) -> Split | Refusal``, deciders registered by rule type.
+- ``enrolment``: ``decide_enrolment``, ``first_use_deadline``, ``is_forfeited``,
+  ``grant_credits`` (the quota is the database's to decide).
+- ``examples``: the real schemes as specs (Khon La Khrueng 3, Plus 2025, Thai Chuay Thai
+  Plus 2026, Rao Chana, a welfare card with monthly pockets); they seed the demo.
 
-Imports: the pure part imports nothing of this project; the service may import
-``ledger_core`` (funding moves budget through the ledger). Never ``wallet``, ``merchant_api``
-or ``gwallet``.
+Layout (to come): the officials' program service (``service``, ``queries.sql``) that opens
+one visible transaction per use case: load, decide, write.
+
+Imports: the pure part imports nothing of this project (a test checks it); the service may
+import ``ledger_core`` (funding moves budget through the ledger). Never ``wallet``,
+``merchant_api`` or ``gwallet``.
 """
