@@ -42,7 +42,10 @@ def discover(directory: Path = MIGRATIONS_DIR) -> list[Migration]:
         match = _FILE_NAME.match(path.name)
         if match is None:
             raise MigrationError(f"migration file name {path.name!r} is not NNNN_name.sql")
-        migrations.append(Migration(int(match[1]), match[2], path.read_text(encoding="utf-8")))
+        sql = path.read_text(encoding="utf-8")
+        if not any(line.strip() and not line.strip().startswith("--") for line in sql.splitlines()):
+            raise MigrationError(f"migration {path.name} has no SQL statement")
+        migrations.append(Migration(int(match[1]), match[2], sql))
     versions = [m.version for m in migrations]
     if versions != list(range(1, len(versions) + 1)):
         raise MigrationError(f"migration versions must be 1..n without gaps, found {versions}")
