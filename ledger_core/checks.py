@@ -13,9 +13,10 @@ within a submission in order, exactly as if each had been sent alone.
 from __future__ import annotations
 
 import uuid
-from collections.abc import Sequence
+from collections.abc import Hashable, Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
+from typing import Any, Protocol
 
 from ledger_core.model import (
     AMOUNT_MAX,
@@ -37,6 +38,50 @@ _KNOWN_FLAGS = _LINKED | _PENDING | _POST | _VOID
 _ZERO_INT = 0
 
 
+class RowStore(Protocol):
+    """Rows outside the ledger that computations read and change (e.g. subsidy usage).
+
+    The engine reads the rows a batch needs after it has locked the batch's accounts, and
+    writes the changed ones in the batch's transaction. The rows a computation uses must be
+    guarded by an account it locks (e.g. a citizen's usage by the citizen's wallet), so that
+    no other batch changes them meanwhile. A missing row is ``None``.
+    """
+
+    async def read(self, conn: Any, keys: list[Hashable]) -> dict[Hashable, Any]: ...
+
+    async def write(self, conn: Any, rows: dict[Hashable, Any]) -> None: ...
+
+
+@dataclass(slots=True)
+class Computed:
+    """What a computation decided: its transfers, and new values of the rows it uses (kept
+    only if every transfer succeeds)."""
+
+    transfers: list[Transfer]
+    rows: dict[tuple[RowStore, Hashable], Any] = field(default_factory=dict)
+    # Shared accounts whose exact totals bounded the result (e.g. a subsidy cut to what is
+    # left of a budget): if such an account moved meanwhile, the batch is decided again.
+    exact_shared: frozenset[uuid.UUID] = frozenset()
+
+
+class Computation(Protocol):
+    """A submission whose transfers are decided from the batch's state, under its locks.
+
+    ``compute`` must be a pure function of the view (it may be called more than once, the
+    last call being the one that counts) and must not change what the view returns.
+    """
+
+    max_transfers: int
+
+    def accounts(self) -> Iterable[uuid.UUID]: ...  # every account it may read or move
+
+    def transfer_ids(self) -> Iterable[uuid.UUID]: ...  # every transfer id it may use
+
+    def row_keys(self) -> Iterable[tuple[RowStore, Hashable]]: ...  # the rows it reads
+
+    def compute(self, view: BatchView) -> Computed: ...
+
+
 @dataclass(slots=True)
 class BatchState:
     """What the engine read for this batch. ``decide_batch`` updates it in place."""
@@ -45,6 +90,22 @@ class BatchState:
     transfers: dict[uuid.UUID, StoredTransfer]  # committed transfers among the ids of interest
     failed: dict[uuid.UUID, int]  # ids whose first attempt failed, with that result
     pending_status: dict[uuid.UUID, PendingStatus]  # resolved pending transfers among those named
+    rows: dict[tuple[RowStore, Hashable], Any] = field(default_factory=dict)
+
+
+class BatchView:
+    """What a computation sees: accounts and rows as the batch has them so far (read only)."""
+
+    __slots__ = ("_state",)
+
+    def __init__(self, state: BatchState) -> None:
+        self._state = state
+
+    def account(self, account_id: uuid.UUID) -> AccountBalance | None:
+        return self._state.accounts.get(account_id)
+
+    def row(self, store: RowStore, key: Hashable) -> Any:
+        return self._state.rows.get((store, key))
 
 
 @dataclass(slots=True)
@@ -66,25 +127,46 @@ class BatchDecision:
     # accepted transfer left, and which ones refused a transfer for their limit.
     shared_min_headroom: dict[uuid.UUID, int] = field(default_factory=dict)
     shared_refused: set[uuid.UUID] = field(default_factory=set)
+    changed_rows: set[tuple[RowStore, Hashable]] = field(default_factory=set)
+    computed: list[list[Transfer] | None] = field(default_factory=list)  # per submission
 
 
 def is_due(pending: StoredTransfer, now: datetime) -> bool:
     return pending.expires_at is not None and pending.expires_at <= now
 
 
+Submission = Sequence[Transfer] | Computation
+
+
 def decide_batch(
-    submissions: Sequence[Sequence[Transfer]],
+    submissions: Sequence[Submission],
     state: BatchState,
     *,
     batch_id: int,
     now: datetime,
     expire: Sequence[uuid.UUID] = (),
 ) -> BatchDecision:
-    """Decide a batch. ``expire`` names pending transfers the caller found due."""
+    """Decide a batch. ``expire`` names pending transfers the caller found due.
+
+    A submission is a list of transfers, or a ``Computation`` that decides its transfers
+    from the state at its turn (after every earlier submission of the batch).
+    """
     decision = BatchDecision()
     _expire_due(state, decision, now, expire, submissions)
     index = 0
-    for submission in submissions:
+    for item in submissions:
+        computed: Computed | None = None
+        if isinstance(item, Sequence):
+            submission: Sequence[Transfer] = item
+            decision.computed.append(None)
+        else:
+            computed = item.compute(BatchView(state))
+            submission = computed.transfers
+            assert not any(t.flags & (_POST | _VOID) for t in submission), (
+                "a computation cannot post or void a pending transfer"
+            )
+            decision.computed.append(list(submission))
+            decision.shared_refused.update(computed.exact_shared)
         results: list[CreateTransferResult] = []
         start = 0
         count = len(submission)
@@ -96,6 +178,9 @@ def decide_batch(
             chain_results, index = _decide_chain(chain, state, decision, batch_id, now, index)
             results.extend(chain_results)
             start = end + 1
+        if computed is not None and computed.rows and all(r.succeeded for r in results):
+            state.rows.update(computed.rows)
+            decision.changed_rows.update(computed.rows)
         decision.results.append(results)
     return decision
 
@@ -105,7 +190,7 @@ def _expire_due(
     decision: BatchDecision,
     now: datetime,
     expire: Sequence[uuid.UUID],
-    submissions: Sequence[Sequence[Transfer]],
+    submissions: Sequence[Submission],
 ) -> None:
     """Release every due pending transfer this batch touches, before any transfer is decided.
 
@@ -113,6 +198,8 @@ def _expire_due(
     """
     candidates: list[uuid.UUID] = list(expire)
     for submission in submissions:
+        if not isinstance(submission, Sequence):
+            continue  # computations do not post or void pending transfers
         for t in submission:
             if t.flags & (_POST | _VOID) and t.pending_id is not None:
                 candidates.append(t.pending_id)

@@ -47,7 +47,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
 from ledger_core.chain import batch_bytes, sign_checkpoint
-from ledger_core.checks import BatchDecision, BatchState, decide_batch
+from ledger_core.checks import BatchDecision, BatchState, Computation, RowStore, decide_batch
 from ledger_core.model import (
     AccountBalance,
     CreateTransferResult,
@@ -135,25 +135,36 @@ class EngineConfig:
 
 
 class _Submission:
-    __slots__ = ("transfers", "effects", "expire", "future")
+    __slots__ = ("transfers", "computation", "effects", "expire", "future", "computed")
 
     def __init__(
         self,
         transfers: Sequence[Transfer],
+        computation: Computation | None,
         effects: Sequence[Effect],
         expire: Sequence[uuid.UUID],
         future: asyncio.Future[list[CreateTransferResult]],
     ) -> None:
         self.transfers = transfers
+        self.computation = computation
         self.effects = effects
         self.expire = expire
         self.future = future
+        self.computed: list[Transfer] = []  # what the computation decided, once committed
+
+    @property
+    def item(self) -> Sequence[Transfer] | Computation:
+        return self.computation if self.computation is not None else self.transfers
 
     @property
     def size(self) -> int:
+        if self.computation is not None:
+            return max(1, self.computation.max_transfers)
         return max(1, len(self.transfers) + len(self.expire))
 
     def accounts(self) -> set[uuid.UUID]:
+        if self.computation is not None:
+            return set(self.computation.accounts())
         ids = {t.debit_account_id for t in self.transfers}
         ids.update(t.credit_account_id for t in self.transfers)
         ids.discard(None)
@@ -250,7 +261,20 @@ class LedgerEngine:
             raise ValueError(
                 f"a submission holds at most {self._config.batch_max_transfers} transfers"
             )
-        return await self._enqueue(transfers, effects, ())
+        return await self._enqueue(transfers, None, effects, ())
+
+    async def submit(
+        self, computation: Computation, *, effects: Sequence[Effect] = ()
+    ) -> tuple[list[Transfer], list[CreateTransferResult]]:
+        """Commit a computation: its transfers are decided under the batch's locks.
+
+        Returns the transfers it decided (as its last run decided them) and their results.
+        """
+        if computation.max_transfers > self._config.batch_max_transfers:
+            raise ValueError("a computation may not exceed the batch size")
+        box: list[list[Transfer]] = []
+        results = await self._enqueue((), computation, effects, (), box)
+        return (box[0] if box else []), results
 
     async def expire_due(self, limit: int = 1000) -> int:
         """Expire pending transfers whose timeout has passed; return how many were due."""
@@ -258,27 +282,33 @@ class LedgerEngine:
             rows = await conn.fetch(Q["due_pending_expiries"], self._clock(), limit)
         due = [row["pending_id"] for row in rows]
         if due:
-            await self._enqueue((), (), due)
+            await self._enqueue((), None, (), due)
         return len(due)
 
     async def _enqueue(
         self,
         transfers: Sequence[Transfer],
+        computation: Computation | None,
         effects: Sequence[Effect],
         expire: Sequence[uuid.UUID],
+        computed_box: list[list[Transfer]] | None = None,
     ) -> list[CreateTransferResult]:
         if not self._accepting:
             raise LedgerUnavailable("the ledger engine is not running")
-        size = max(1, len(transfers) + len(expire))
-        if self._queued_transfers + size > self._config.queue_max_transfers:
-            raise LedgerOverloaded("the ledger queue is full")
         future: asyncio.Future[list[CreateTransferResult]] = (
             asyncio.get_running_loop().create_future()
         )
-        self._queue.append(_Submission(transfers, effects, expire, future))
+        submission = _Submission(transfers, computation, effects, expire, future)
+        size = submission.size
+        if self._queued_transfers + size > self._config.queue_max_transfers:
+            raise LedgerOverloaded("the ledger queue is full")
+        self._queue.append(submission)
         self._queued_transfers += size
         self._wakeup.set()
-        return await future
+        results = await future
+        if computed_box is not None:
+            computed_box.append(submission.computed)
+        return results
 
     # -- workers ---------------------------------------------------------------------
 
@@ -388,18 +418,26 @@ class LedgerEngine:
             break
         self._batches += 1
         self._transfers += len(decision.transfers)
-        for submission, results in zip(batch, decision.results, strict=True):
+        for submission, results, computed in zip(
+            batch, decision.results, decision.computed, strict=True
+        ):
+            if computed is not None:
+                submission.computed = computed
             if not submission.future.done():
                 submission.future.set_result(results)
 
     async def _commit(self, batch: list[_Submission]) -> BatchDecision:
-        submissions = [s.transfers for s in batch]
+        submissions = [s.item for s in batch]
         expire = [pending_id for s in batch for pending_id in s.expire]
         ids: set[uuid.UUID] = set(expire)
         pending_ids: list[uuid.UUID] = []
         account_ids: set[uuid.UUID] = set()
-        for transfers in submissions:
-            for t in transfers:
+        for s in batch:
+            if s.computation is not None:
+                ids.update(s.computation.transfer_ids())
+                account_ids.update(s.computation.accounts())
+                continue
+            for t in s.transfers:
                 ids.add(t.id)
                 if t.flags & _POST_OR_VOID and t.pending_id is not None:
                     ids.add(t.pending_id)
@@ -451,6 +489,7 @@ class LedgerEngine:
         if pending_ids or expire:
             for row in await conn.fetch(Q["pending_resolutions"], pending_ids + expire):
                 status[row["pending_id"]] = PendingStatus(row["status"])
+        rows = await _read_rows(conn, batch)
         batch_id = await conn.fetchval(Q["next_batch_id"])
         now = self._clock()
 
@@ -458,7 +497,7 @@ class LedgerEngine:
             accounts = {row[0]: AccountBalance(*row) for row in unshared}
             for row in shared_rows:
                 accounts[row[0]] = AccountBalance(*row)
-            state = BatchState(accounts, dict(transfers), dict(failed), dict(status))
+            state = BatchState(accounts, dict(transfers), dict(failed), dict(status), dict(rows))
             decision = decide_batch(
                 submissions, state, batch_id=batch_id, now=now, expire=expire
             )
@@ -543,6 +582,12 @@ class LedgerEngine:
                 now,
             )
             await conn.execute(Q["delete_pending_expiries"], [r.pending_id for r in resolutions])
+        if decision.changed_rows:
+            by_store: dict[int, tuple[RowStore, dict[Any, Any]]] = {}
+            for store, key in decision.changed_rows:
+                by_store.setdefault(id(store), (store, {}))[1][key] = state.rows[(store, key)]
+            for store, changed in by_store.values():
+                await store.write(conn, changed)
         await _write_effects(conn, batch, decision)
 
     async def _append_chain(
@@ -616,6 +661,24 @@ def _read_lookup(
         if row["failed_result"] is not None:
             failed[row["requested_id"]] = row["failed_result"]
     return transfers, failed
+
+
+async def _read_rows(
+    conn: asyncpg.Connection, batch: list[_Submission]
+) -> dict[tuple[RowStore, Any], Any]:
+    """The rows the batch's computations use, one read per store (after the locks)."""
+    wanted: dict[int, tuple[RowStore, set[Any]]] = {}
+    for submission in batch:
+        if submission.computation is None:
+            continue
+        for store, key in submission.computation.row_keys():
+            wanted.setdefault(id(store), (store, set()))[1].add(key)
+    rows: dict[tuple[RowStore, Any], Any] = {}
+    for store, keys in wanted.values():
+        found = await store.read(conn, list(keys))
+        for key in keys:
+            rows[(store, key)] = found.get(key)
+    return rows
 
 
 async def _update_accounts(conn: asyncpg.Connection, accounts: list[AccountBalance]) -> None:
