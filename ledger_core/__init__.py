@@ -21,6 +21,7 @@ Imports nothing of this project: every other package builds on it.
 """
 
 from ledger_core.accounts import close_account, create_accounts
+from ledger_core.checks import BatchView, Computation, Computed, RowConflict, RowStore
 from ledger_core.engine import (
     Effect,
     EngineConfig,
@@ -46,6 +47,11 @@ __all__ = [
     "AMOUNT_MAX",
     "Account",
     "AccountBalance",
+    "BatchView",
+    "Computation",
+    "Computed",
+    "RowConflict",
+    "RowStore",
     "CreateAccountResult",
     "CreateTransferResult",
     "Effect",

@@ -38,6 +38,12 @@ _KNOWN_FLAGS = _LINKED | _PENDING | _POST | _VOID
 _ZERO_INT = 0
 
 
+class RowConflict(Exception):
+    """A row store found, while writing, that another batch changed a row first (e.g. a
+    payment request paid meanwhile by another process). The engine runs the batch again,
+    which then reads the row as it now is."""
+
+
 class RowStore(Protocol):
     """Rows outside the ledger that computations read and change (e.g. subsidy usage).
 

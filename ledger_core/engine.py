@@ -47,7 +47,14 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
 from ledger_core.chain import batch_bytes, sign_checkpoint
-from ledger_core.checks import BatchDecision, BatchState, Computation, RowStore, decide_batch
+from ledger_core.checks import (
+    BatchDecision,
+    BatchState,
+    Computation,
+    RowConflict,
+    RowStore,
+    decide_batch,
+)
 from ledger_core.model import (
     AccountBalance,
     CreateTransferResult,
@@ -62,6 +69,7 @@ Q = load_queries(Path(__file__).with_name("queries.sql"))
 _log = logging.getLogger("gwallet.ledger")
 _POST_OR_VOID = int(TransferFlags.POST_PENDING_TRANSFER | TransferFlags.VOID_PENDING_TRANSFER)
 _RETRYABLE = (
+    RowConflict,  # a row store saw another batch change a row first
     asyncpg.DeadlockDetectedError,
     asyncpg.SerializationError,
     asyncpg.UniqueViolationError,  # same new id committed meanwhile by another process
@@ -162,9 +170,11 @@ class _Submission:
             return max(1, self.computation.max_transfers)
         return max(1, len(self.transfers) + len(self.expire))
 
-    def accounts(self) -> set[uuid.UUID]:
+    def accounts(self) -> set[Any]:
+        """What a batch in flight holds for this submission: its accounts, and for a
+        computation also the rows it reads and writes."""
         if self.computation is not None:
-            return set(self.computation.accounts())
+            return set(self.computation.accounts()) | set(self.computation.row_keys())
         ids = {t.debit_account_id for t in self.transfers}
         ids.update(t.credit_account_id for t in self.transfers)
         ids.discard(None)
@@ -199,7 +209,7 @@ class LedgerEngine:
         self._workers: list[asyncio.Task[None]] = []
         self._expirer: asyncio.Task[None] | None = None
         self._accepting = False
-        self._busy_accounts: set[uuid.UUID] = set()  # unshared accounts of batches in flight
+        self._busy_accounts: set[Any] = set()  # unshared accounts and rows of batches in flight
         self._shared_ids: set[uuid.UUID] = set()  # accounts known to be shared (immutable)
         self._batches = 0
         self._transfers = 0
@@ -339,7 +349,7 @@ class LedgerEngine:
                 if self._queue:
                     self._wakeup.set()
 
-    def _take_batch(self) -> tuple[list[_Submission], int, set[uuid.UUID]]:
+    def _take_batch(self) -> tuple[list[_Submission], int, set[Any]]:
         """Take whole submissions, in order, up to the batch size, passing over those that
         touch an unshared account a batch of this process already has in flight: they would
         only wait for its row locks, so they go in the next batch instead."""
@@ -348,7 +358,7 @@ class LedgerEngine:
         shared = self._shared_ids
         batch: list[_Submission] = []
         passed_over: list[_Submission] = []
-        locked: set[uuid.UUID] = set()
+        locked: set[Any] = set()
         taken = 0
         scanned = 0
         while self._queue and scanned < _SCAN_LIMIT:

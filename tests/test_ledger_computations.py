@@ -16,7 +16,14 @@ from typing import Any
 import asyncpg
 import pytest
 
-from ledger_core import CreateTransferResult, Transfer, TransferFlags, new_id, verify_ledger
+from ledger_core import (
+    CreateTransferResult,
+    RowConflict,
+    Transfer,
+    TransferFlags,
+    new_id,
+    verify_ledger,
+)
 from ledger_core.checks import BatchView, Computed, RowStore
 from tests.ledger_helpers import SIGNING_KEY, THB, account, make_accounts, running_engine, transfer
 
@@ -151,3 +158,36 @@ async def test_a_computation_whose_transfers_fail_leaves_its_rows_unchanged(
     assert [t.amount for t in transfers] == [500, 500]
     assert await pool.fetchval("SELECT used FROM test_usage WHERE citizen = $1",
                                wallet.id) is None
+
+
+class FlakyStore(UsageStore):
+    """Says, on its first write only, that another batch changed a row first."""
+
+    def __init__(self) -> None:
+        self.writes = 0
+
+    async def write(self, conn: Any, rows: dict[Hashable, Any]) -> None:
+        self.writes += 1
+        if self.writes == 1:
+            raise RowConflict("changed meanwhile")
+        await super().write(conn, rows)
+
+
+async def test_a_row_conflict_runs_the_batch_again_and_commits_it_once(
+    pool: asyncpg.Pool, usage_store: UsageStore,
+) -> None:
+    store = FlakyStore()
+    wallet, budget, bank, shop = account(limited=True), account(limited=True, shared=True), \
+        account(), account()
+    await make_accounts(pool, wallet, budget, bank, shop)
+    async with running_engine(pool) as engine:
+        await engine.create_transfers([transfer(bank, wallet, 10_000),
+                                       transfer(bank, budget, 10_000)])
+        payment = Payment(store, wallet.id, budget.id, shop.id, 1_000, 15_000)
+        _, results = await engine.submit(payment)
+        assert engine.stats.retries >= 1
+    assert results == [R.OK, R.OK]
+    assert store.writes == 2
+    assert await pool.fetchval("SELECT used FROM test_usage WHERE citizen = $1", wallet.id) == 500
+    assert await pool.fetchval(
+        "SELECT debits_posted FROM ledger_accounts WHERE id = $1", wallet.id) == 500
