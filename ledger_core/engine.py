@@ -514,8 +514,13 @@ class LedgerEngine:
             return decision, state
 
         decision, state = decide(shared)
-        touched_shared = [row for row in shared if row["id"] in decision.touched]
-        if not touched_shared:
+        # The shared accounts this decision depends on: those it changed, and those whose
+        # exact totals bounded a result (a refusal, or a subsidy cut to what is left).
+        relevant = [
+            row for row in shared
+            if row["id"] in decision.touched or row["id"] in decision.shared_refused
+        ]
+        if not relevant:
             await self._write(conn, batch, decision, state, batch_id, now)
         else:
             # Optimistic: write everything but the shared accounts, then lock those (the
@@ -523,19 +528,24 @@ class LedgerEngine:
             # totals. Held only for that update, the chain append and the commit.
             await conn.execute("SAVEPOINT ledger_shared")
             await self._write(conn, batch, decision, state, batch_id, now,
-                              skip={row["id"] for row in touched_shared})
+                              skip={row["id"] for row in relevant})
             current = await conn.fetch(
-                Q["lock_shared_accounts"], [row["id"] for row in touched_shared]
+                Q["lock_shared_accounts"], sorted((row["id"] for row in relevant), key=_uuid_int)
             )
-            if _still_valid(decision, touched_shared, current):
-                await _update_accounts(conn, _rebased(state, touched_shared, current))
+            if _still_valid(decision, relevant, current):
+                touched = [row for row in relevant if row["id"] in decision.touched]
+                await _update_accounts(conn, _rebased(state, touched, current))
             else:
                 # The shared balances moved in a way that could change a result: decide
-                # again on the locked, current values.
+                # again on locked, current values. Rolling back to the savepoint also
+                # releases the row locks taken after it, so every shared account of the
+                # batch is locked (again) first, in sorted order, after all unshared ones.
                 await conn.execute("ROLLBACK TO SAVEPOINT ledger_shared")
                 self._redecided += 1
-                fresh = {row["id"]: row for row in current}
-                decision, state = decide([fresh.get(row["id"], row) for row in shared])
+                locked = await conn.fetch(
+                    Q["lock_shared_accounts"], sorted((row["id"] for row in shared), key=_uuid_int)
+                )
+                decision, state = decide(list(locked))
                 await self._write(conn, batch, decision, state, batch_id, now)
         await self._append_chain(conn, decision, batch_id, now)
         return decision
