@@ -121,8 +121,9 @@ async def test_two_hundred_concurrent_payments_by_one_citizen_get_exactly_the_ca
     assert budget_row["debits_posted"] == 15_000
 
 
+@pytest.mark.parametrize("round_", [1, 2])  # twice: the re-decision path is timing-dependent
 async def test_ten_thousand_payers_spend_exactly_a_budget_that_covers_two_thousand_five_hundred(
-    pool: asyncpg.Pool, usage_store: UsageStore,
+    pool: asyncpg.Pool, usage_store: UsageStore, round_: int,
 ) -> None:
     budget, bank, shop = account(limited=True, shared=True), account(shared=True), \
         account(shared=True)
