@@ -35,7 +35,8 @@ _PENDING = int(TransferFlags.PENDING)
 _POST = int(TransferFlags.POST_PENDING_TRANSFER)
 _VOID = int(TransferFlags.VOID_PENDING_TRANSFER)
 _KNOWN_FLAGS = _LINKED | _PENDING | _POST | _VOID
-_ZERO_INT = 0
+_INT32_END = 2**31  # PostgreSQL integer: -2**31 .. 2**31 - 1
+_INT64_END = 2**63  # PostgreSQL bigint
 
 
 class RowConflict(Exception):
@@ -291,8 +292,8 @@ def _record_failures(
     for t, result in zip(chain, results, strict=True):
         if result.succeeded or result is R.ID_MUST_NOT_BE_ZERO or result is R.ID_ALREADY_FAILED:
             continue
-        if t.id in state.transfers or t.id in state.failed:
-            continue  # committed (exists_with_different_*) or failed before: nothing new
+        if t.id.int == 0 or t.id in state.transfers or t.id in state.failed:
+            continue  # no id, committed (exists_with_different_*) or failed before
         state.failed[t.id] = int(result)
         decision.failed.append((t.id, int(result)))
 
@@ -343,9 +344,9 @@ def _decide_one(
         return R.AMOUNT_MUST_BE_POSITIVE
     if amount > AMOUNT_MAX:
         return R.AMOUNT_EXCEEDS_MAXIMUM
-    if t.ledger == 0:
+    if not 0 < t.ledger < _INT32_END:
         return R.LEDGER_MUST_NOT_BE_ZERO
-    if t.code == 0:
+    if not 0 < t.code < _INT32_END:
         return R.CODE_MUST_NOT_BE_ZERO
     debit = state.accounts.get(debit_id)
     if debit is None:
@@ -357,6 +358,8 @@ def _decide_one(
         return R.ACCOUNTS_MUST_HAVE_THE_SAME_LEDGER
     if t.ledger != debit.ledger:
         return R.TRANSFER_MUST_HAVE_THE_SAME_LEDGER_AS_ACCOUNTS
+    if not _user_data_fits(t):
+        return R.USER_DATA_OUT_OF_RANGE
     if debit.closed:
         return R.DEBIT_ACCOUNT_ALREADY_CLOSED
     if credit.closed:
@@ -451,6 +454,8 @@ def _decide_post_or_void(
         return R.AMOUNT_MUST_BE_POSITIVE
     if amount > AMOUNT_MAX:
         return R.AMOUNT_EXCEEDS_MAXIMUM
+    if not _user_data_fits(t):
+        return R.USER_DATA_OUT_OF_RANGE
     p = state.transfers.get(pending_id)
     if p is None:
         return R.PENDING_TRANSFER_NOT_FOUND
@@ -574,6 +579,10 @@ def _same_id(requested: uuid.UUID | None, stored: uuid.UUID, inherits: bool) -> 
     if requested is None or requested.int == 0:
         return inherits
     return requested == stored
+
+
+def _user_data_fits(t: Transfer) -> bool:
+    return -_INT64_END <= t.user_data_64 < _INT64_END and -_INT32_END <= t.user_data_32 < _INT32_END
 
 
 def _popcount(value: int) -> int:

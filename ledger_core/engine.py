@@ -291,8 +291,12 @@ class LedgerEngine:
         async with self._pool.acquire() as conn:
             rows = await conn.fetch(Q["due_pending_expiries"], self._clock(), limit)
         due = [row["pending_id"] for row in rows]
-        if due:
-            await self._enqueue((), None, (), due)
+        size = self._config.batch_max_transfers
+        # In pieces that each fit in a batch (a bigger submission would never be taken).
+        await asyncio.gather(*(
+            self._enqueue((), None, (), due[start:start + size])
+            for start in range(0, len(due), size)
+        ))
         return len(due)
 
     async def _enqueue(
@@ -414,6 +418,9 @@ class LedgerEngine:
                     _fail(batch, LedgerUnavailable(f"database unavailable: {type(exc).__name__}"))
                     return
                 self._retries += 1
+                # The server may have dropped every pooled connection (a restart): have the
+                # pool replace them rather than hand out the next dead one.
+                await self._pool.expire_connections()
                 await asyncio.sleep(min(0.5, 0.01 * 2**attempt))
                 continue
             except asyncpg.PostgresError:
@@ -483,10 +490,11 @@ class LedgerEngine:
         pending_ids: list[uuid.UUID],
         account_ids: set[uuid.UUID],
     ) -> BatchDecision:
-        transfers, failed = _read_lookup(await conn.fetch(Q["lookup_transfers"], list(ids)))
-        for pending_id in pending_ids + expire:
-            pending = transfers.get(pending_id)
-            if pending is not None:
+        if pending_ids or expire:
+            # The accounts of the pending transfers named, so that they are locked too.
+            pendings, _ = _read_lookup(await conn.fetch(Q["lookup_transfers"],
+                                                        pending_ids + expire))
+            for pending in pendings.values():
                 account_ids.add(pending.debit_account_id)
                 account_ids.add(pending.credit_account_id)
         wanted = sorted(account_ids, key=_uuid_int)
@@ -495,6 +503,12 @@ class LedgerEngine:
         if len(unshared) < len(wanted):
             shared = await conn.fetch(Q["read_shared_accounts"], wanted)
             self._shared_ids.update(row["id"] for row in shared)
+        # Which ids exist or failed is read AFTER the locks and the shared accounts: a batch
+        # of another process that committed one of our ids has then either committed before
+        # these reads (we see its transfer: exists) or will make our insert conflict (the
+        # batch runs again). Read before, a replay could be judged on balances that already
+        # include its own first attempt.
+        transfers, failed = _read_lookup(await conn.fetch(Q["lookup_transfers"], list(ids)))
         status: dict[uuid.UUID, PendingStatus] = {}
         if pending_ids or expire:
             for row in await conn.fetch(Q["pending_resolutions"], pending_ids + expire):

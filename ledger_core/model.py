@@ -181,12 +181,13 @@ class CreateTransferResult(enum.IntEnum):
     TIMEOUT_OUT_OF_RANGE = 38  # 0 <= timeout_seconds <= 2**31 - 1
     AMOUNT_MUST_BE_POSITIVE = 39  # amounts are > 0 satang
     AMOUNT_EXCEEDS_MAXIMUM = 40  # amounts are <= 2**63 - 1 satang
-    LEDGER_MUST_NOT_BE_ZERO = 41
-    CODE_MUST_NOT_BE_ZERO = 42
+    LEDGER_MUST_NOT_BE_ZERO = 41  # 0 < ledger < 2**31 (also: a ledger the database cannot hold)
+    CODE_MUST_NOT_BE_ZERO = 42  # 0 < code < 2**31 (also: a code the database cannot hold)
     DEBIT_ACCOUNT_NOT_FOUND = 43
     CREDIT_ACCOUNT_NOT_FOUND = 44
     ACCOUNTS_MUST_HAVE_THE_SAME_LEDGER = 45
     TRANSFER_MUST_HAVE_THE_SAME_LEDGER_AS_ACCOUNTS = 46
+    USER_DATA_OUT_OF_RANGE = 47  # user_data_64 / user_data_32 are signed 64 / 32 bit
     PENDING_TRANSFER_NOT_FOUND = 50
     PENDING_TRANSFER_NOT_PENDING = 51  # the named transfer was not created as pending
     PENDING_TRANSFER_HAS_DIFFERENT_DEBIT_ACCOUNT_ID = 52

@@ -433,6 +433,8 @@ REFUSALS = [
         R.AMOUNT_EXCEEDS_MAXIMUM),
     one("a transfer must name its ledger", tx(A, B, 10, ledger=0), R.LEDGER_MUST_NOT_BE_ZERO),
     one("a transfer must have a code", tx(A, B, 10, code=0), R.CODE_MUST_NOT_BE_ZERO),
+    one("a transfer's user data must fit the database", tx(A, B, 10, user_data_64=2**63),
+        R.USER_DATA_OUT_OF_RANGE),
     one("a transfer from an unknown account is refused", tx(UNKNOWN, B, 10),
         R.DEBIT_ACCOUNT_NOT_FOUND),
     one("a transfer to an unknown account is refused", tx(A, UNKNOWN, 10),
@@ -896,12 +898,6 @@ def test_the_account_tables_produce_every_account_result_code() -> None:
 # -- bugs ------------------------------------------------------------------------------------
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "BUG: decide_batch only refuses code == 0; a code that is negative or past 2**31 - 1 is "
-    "accepted (OK), but ledger_transfers.code is an integer CHECK (code > 0). In the engine "
-    "a negative code fails its submission with LedgerUnavailable; a code past 2**31 - 1 "
-    "raises OverflowError in the COPY and fails EVERY submission of its batch. "
-    "check_account refuses the same codes with CODE_MUST_NOT_BE_ZERO"))
 @pytest.mark.parametrize("code", [-1, 2**31])
 def test_a_transfer_whose_code_the_database_cannot_hold_is_refused_with_code_must_not_be_zero(
     code: int,
@@ -910,11 +906,6 @@ def test_a_transfer_whose_code_the_database_cannot_hold_is_refused_with_code_mus
     assert decision.results == [[R.CODE_MUST_NOT_BE_ZERO]]
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "BUG: decide_batch accepts (OK) user_data_64 / user_data_32 outside signed 64 / 32 bit; "
-    "the engine's COPY then raises OverflowError, which fails EVERY submission of the batch "
-    "with LedgerUnavailable. CreateTransferResult has no code for it (CreateAccountResult "
-    "has USER_DATA_OUT_OF_RANGE)"))
 @pytest.mark.parametrize("user_data", [{"user_data_64": 2**63}, {"user_data_64": -(2**63) - 1},
                                        {"user_data_32": 2**31}, {"user_data_32": -(2**31) - 1}])
 def test_a_transfer_whose_user_data_the_database_cannot_hold_is_refused(
@@ -925,11 +916,6 @@ def test_a_transfer_whose_user_data_the_database_cannot_hold_is_refused(
     assert not any(result.succeeded for results in decision.results for result in results)
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "BUG: _record_failures skips the nil id only when its own result is ID_MUST_NOT_BE_ZERO; "
-    "a nil-id member of a failed or open chain gets LINKED_EVENT_FAILED / "
-    "LINKED_EVENT_CHAIN_OPEN and is recorded in decision.failed (so the engine writes the nil "
-    "uuid into ledger_failed_transfers)"))
 def test_a_nil_id_in_a_failed_or_open_chain_is_never_recorded_as_failed() -> None:
     decision = decide_batch(
         [[tx(A, B, 0, flags=LINKED), tx(A, B, 1, id=ZERO)],
@@ -1199,7 +1185,7 @@ def decide_and_check(submissions: list[list[Transfer]], state: BatchState, *, ba
     assert [t.batch_index for t in decision.transfers] == list(range(len(decision.transfers)))
     for t, r in pairs:
         if not r.succeeded and r is not R.ID_MUST_NOT_BE_ZERO:
-            assert t.id in state.failed or t.id in state.transfers, (t, r)
+            assert t.id.int == 0 or t.id in state.failed or t.id in state.transfers, (t, r)
     for s, rs in zip(submissions, decision.results, strict=True):
         for chain in chains(s):
             chain_results = [rs[n] for n in chain]
@@ -1261,8 +1247,7 @@ def test_random_batches_conserve_money_keep_every_limit_and_replays_change_nothi
     before = {i: a.totals() for i, a in state.accounts.items()}
     again = decide_and_check(submissions, state, batch_id=99, now=now, expire=expire)
     assert again.transfers == [] and again.resolutions == []
-    # (a nil id may be recorded again: see the xfail test on nil ids in failed chains)
-    assert [failed for failed in again.failed if failed[0] != ZERO] == []
+    assert again.failed == []
     assert {i: a.totals() for i, a in state.accounts.items()} == before
     for first_results, replay_results in zip(last.results, again.results, strict=True):
         for first_result, replay_result in zip(first_results, replay_results, strict=True):

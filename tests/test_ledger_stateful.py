@@ -16,7 +16,7 @@ written their ten thousands of transfers, that costs ~100 ms a step instead of ~
 run of the machine creates fresh accounts and compares only those; the fake clock only
 moves forward, and each run expires its timed pending transfers before it ends.
 
-The tests of the engine bugs found (xfail, strict) come last, with a regression test for a
+The tests of the engine bugs found (fixed since) come last, with a regression test for a
 lost update; they share another database of their own, since a bug may leave it broken.
 """
 
@@ -677,8 +677,7 @@ class LedgerMachine(RuleBasedStateMachine):
         balances = self.run(self.h.engine.lookup_accounts(self.all_mine))
         assert {i: (b.totals(), b.closed, b.shared) for i, b in balances.items()} == {
             i: (tuple(a.totals), a.closed, a.shared) for i, a in self.model.accounts.items()}
-        # The nil id is left out: decide_batch records it as failed inside a failed chain
-        # (see the xfail test in test_ledger_checks.py); every later use of it is refused anyway.
+        # The nil id is never an id: it is neither committed nor recorded as failed.
         sent = list({t.id for t in self.sent if not _is_nil(t.id)})
         pendings = [t.id for t in self.model.pendings()]
 
@@ -751,12 +750,6 @@ async def own_pool(admin_database_url: str) -> AsyncIterator[asyncpg.Pool]:
         await drop_database(admin_database_url, url)
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "BUG: engine._decide_and_write reads committed and failed ids (lookup_transfers) BEFORE "
-    "it locks the accounts. Two processes replaying one id at once: the second reads 'not "
-    "committed', waits for the lock, then decides the transfer again on the balance the "
-    "first one left: it answers EXCEEDS_CREDITS (not EXISTS) and records the committed id "
-    "in ledger_failed_transfers"))
 async def test_one_transfer_replayed_by_two_processes_at_once_reports_exists_to_the_second(
     own_pool: asyncpg.Pool,
 ) -> None:
@@ -826,12 +819,6 @@ async def test_a_batch_decided_again_never_overwrites_a_shared_account_it_did_no
     assert report.ok, report.failures
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "BUG: expire_due(limit=1000) enqueues ONE submission of all due pendings; when more are "
-    "due than batch_max_transfers, _take_batch can never take it (taken + size > limit at the "
-    "head of the queue): expire_due never returns and every later create_transfers waits "
-    "behind it forever (stop() hangs too). The periodic expirer does this by itself with any "
-    "batch_max_transfers < 1000"))
 async def test_more_due_pending_transfers_than_one_batch_holds_expire_and_the_engine_goes_on(
     own_pool: asyncpg.Pool,
 ) -> None:
@@ -857,10 +844,6 @@ async def test_more_due_pending_transfers_than_one_batch_holds_expire_and_the_en
         await engine.stop()
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "BUG: a transfer whose user_data_64 does not fit a bigint is decided OK; the COPY then "
-    "raises OverflowError, which is no PostgresError, so the worker fails EVERY submission "
-    "of the batch with LedgerUnavailable, not just the bad one"))
 async def test_a_transfer_the_database_cannot_hold_never_fails_the_others_in_its_batch(
     own_pool: asyncpg.Pool,
 ) -> None:
