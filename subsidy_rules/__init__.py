@@ -31,11 +31,18 @@ Layout, the pure part:
   ``grant_credits`` (the quota is the database's to decide).
 - ``examples``: the real schemes as specs (Khon La Khrueng 3, Plus 2025, Thai Chuay Thai
   Plus 2026, Rao Chana, a welfare card with monthly pockets); they seed the demo.
+- ``simulation``: replays recorded payments through ``decide_payment`` for a version,
+  rebuilding each citizen's usage in memory (the officials' dry run).
 
-Layout (to come): the officials' program service (``service``, ``queries.sql``) that opens
-one visible transaction per use case: load, decide, write.
+The I/O shell, the officials' back office (issue 3):
+- ``service``: one visible transaction per use case (load, decide, write, audit): programs
+  and their versions (maker-checker approval bound to the content hash, a fresh TOTP code,
+  ``effective_at``), the lifecycle, funding from the treasury through the ledger engine,
+  stats, simulations, and ``version_at(program, t)`` for enrolment and the payment path;
+  named SQL in ``queries.sql``;
+- ``http``: the ``/v1/admin/programs`` controller (parse, call one service function, map).
 
-Imports: the pure part imports nothing of this project (a test checks it); the service may
-import ``ledger_core`` (funding moves budget through the ledger). Never ``wallet``,
-``merchant_api`` or ``gwallet``.
+Imports: the pure part imports nothing of this project (a test checks it); ``service`` and
+``http`` import ``ledger_core`` (funding moves budget through the ledger) and ``gwallet``
+(officials, the audit log, idempotency, problems). Never ``wallet`` or ``merchant_api``.
 """
