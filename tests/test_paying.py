@@ -1,0 +1,283 @@
+"""Paying by QR over HTTP: the journey from a program to a verified ledger, and the storms.
+
+Real HTTP through the app (the wallet's session service), real PostgreSQL and Redis.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import secrets
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import asyncpg
+import httpx
+import pytest
+
+from subsidy_rules.periods import bangkok
+from tests.backoffice import Official, approved_program, fund, lifecycle, new_official
+from tests.test_merchants import approved
+from tests.wallet_helpers import Citizen, problem, program_spec, signed_in, top_up
+
+
+def key() -> dict[str, str]:
+    return {"Idempotency-Key": secrets.token_hex(12)}
+
+
+def open_all_day_spec(**caps: int) -> dict[str, Any]:
+    today = bangkok(datetime.now(UTC)).date()
+    spending = {
+        "start_date": (today - timedelta(days=1)).isoformat(),
+        "end_date": (today + timedelta(days=60)).isoformat(),
+        "hours": {"start": "00:00", "end": "24:00"},
+    }
+    rule = {"kind": "co_payment", "share_bp": 5000,
+            "caps": caps or {"daily": 20_000, "monthly": 100_000, "total": 240_000}}
+    return program_spec(spending=spending, rule=rule)
+
+
+class World:
+    """An active, funded half-half program, an approved merchant, and the officials."""
+
+    def __init__(self, api: httpx.AsyncClient, program: dict[str, Any],
+                 merchant_id: str, merchant_headers: dict[str, str], admin: Official) -> None:
+        self.api = api
+        self.program = program
+        self.program_id = program["program_id"]
+        self.merchant_id = merchant_id
+        self.merchant_headers = merchant_headers
+        self.admin = admin
+
+    async def payment_request(self, amount: int, headers: dict[str, str] | None = None) -> dict:
+        response = await self.api.post(
+            "/v1/merchant/payment-requests",
+            json={"amount": amount, "reference": f"order-{secrets.token_hex(4)}"},
+            headers={**(headers or self.merchant_headers), **key()},
+        )
+        assert response.status_code == 201, response.text
+        return response.json()
+
+    async def citizen(self, money: int = 1_000_000) -> Citizen:
+        citizen = await signed_in(self.api)
+        assert (await top_up(self.api, citizen.wallet_id, money)).status_code == 201
+        response = await self.api.post(
+            f"/v1/citizen/programs/{self.program_id}/enrolment", headers=citizen.headers)
+        assert response.status_code == 201, response.text
+        return citizen
+
+
+async def make_world(api: httpx.AsyncClient, pool: asyncpg.Pool, *, budget: int = 10_000_000,
+                     **caps: int) -> World:
+    maker = await new_official(pool, api, "maker")
+    checker = await new_official(pool, api, "checker")
+    treasurer = await new_official(pool, api, "checker")  # TOTP codes are once-only
+    admin = await new_official(pool, api, "admin")
+    program = await approved_program(api, maker, checker, open_all_day_spec(**caps))
+    await fund(api, maker, treasurer, program, budget)
+    response = await lifecycle(api, admin, program, "activate")
+    assert response.status_code == 200, response.text
+    merchant_id, merchant_headers = await approved(api, admin.headers)
+    return World(api, program, merchant_id, merchant_headers, admin)
+
+
+async def pay(api: httpx.AsyncClient, citizen: Citizen, qr_payload: str,
+              headers: dict[str, str] | None = None, **extra: Any) -> httpx.Response:
+    return await api.post(
+        "/v1/citizen/payments",
+        json={"qr_payload": qr_payload, "pin": citizen.pin, **extra},
+        headers={**citizen.headers, **(headers or key())},
+    )
+
+
+async def balance(api: httpx.AsyncClient, citizen: Citizen) -> int:
+    response = await api.get("/v1/citizen/wallet", headers=citizen.headers)
+    assert response.status_code == 200, response.text
+    return int(response.json()["balance"])
+
+
+async def test_the_journey_from_a_new_program_to_a_paid_qr_and_a_clean_ledger(
+    wallet_api: httpx.AsyncClient, pool: asyncpg.Pool,
+) -> None:
+    world = await make_world(wallet_api, pool)
+    citizen = await world.citizen(money=100_000)
+    request = await world.payment_request(30_000)
+
+    quote = await wallet_api.post("/v1/citizen/payments/quote",
+                                  json={"qr_payload": request["qr_payload"]},
+                                  headers=citizen.headers)
+    assert quote.status_code == 200, quote.text
+    line = quote.json()["programs"][0]
+    assert (line["program_id"], line["subsidy_amount"], line["citizen_amount"]) == (
+        world.program_id, 15_000, 15_000)
+
+    headers = key()
+    paid = await pay(wallet_api, citizen, request["qr_payload"], headers)
+    assert paid.status_code == 201, paid.text
+    payment = paid.json()
+    assert (payment["amount"], payment["subsidy_amount"], payment["citizen_amount"]) == (
+        30_000, 15_000, 15_000)
+    assert payment["program_id"] == world.program_id
+    assert payment["merchant_id"] == world.merchant_id
+
+    replay = await pay(wallet_api, citizen, request["qr_payload"], headers)
+    assert (replay.status_code, replay.json()) == (201, payment)
+    again = await pay(wallet_api, citizen, request["qr_payload"])
+    assert again.status_code == 409
+    assert problem(again)["code"] == "payment_request_already_paid"
+
+    status = await wallet_api.get(
+        f"/v1/merchant/payment-requests/{request['payment_request_id']}",
+        headers=world.merchant_headers)
+    assert status.json()["status"] == "paid"
+    assert status.json()["payment_id"] == payment["payment_id"]
+    assert await balance(wallet_api, citizen) == 85_000
+
+    mine = await wallet_api.get(f"/v1/merchant/payments/{payment['payment_id']}",
+                                headers=world.merchant_headers)
+    assert mine.status_code == 200, mine.text
+    assert mine.json()["subsidy_amount"] == 15_000
+
+    verify = await wallet_api.get("/v1/admin/ledger/verify", headers=world.admin.headers)
+    assert verify.status_code == 200, verify.text
+    assert verify.json()["ok"] is True, verify.json()
+
+
+async def test_a_wrong_pin_or_an_empty_wallet_moves_nothing(
+    wallet_api: httpx.AsyncClient, pool: asyncpg.Pool,
+) -> None:
+    world = await make_world(wallet_api, pool)
+    citizen = await world.citizen(money=1_000)
+    request = await world.payment_request(30_000)
+    wrong = await wallet_api.post(
+        "/v1/citizen/payments",
+        json={"qr_payload": request["qr_payload"], "pin": "000001" if citizen.pin != "000001"
+              else "000002"},
+        headers={**citizen.headers, **key()})
+    assert wrong.status_code == 403 and problem(wrong)["code"] == "invalid_pin"
+    poor = await pay(wallet_api, citizen, request["qr_payload"])
+    assert poor.status_code == 422 and problem(poor)["code"] == "insufficient_funds"
+    assert await balance(wallet_api, citizen) == 1_000
+    status = await wallet_api.get(
+        f"/v1/merchant/payment-requests/{request['payment_request_id']}",
+        headers=world.merchant_headers)
+    assert status.json()["status"] == "open"
+
+
+@pytest.mark.parametrize("body", [
+    {"qr_payload": "not a qr", "pin": "123456"},
+    {"qr_payload": "", "pin": "123456"},
+    {"qr_payload": "x" * 513, "pin": "123456"},
+    {"qr_payload": "0002", "pin": "123456", "amount": 1.5},
+    {"qr_payload": "0002", "pin": "123456", "amount": "100"},
+    {"qr_payload": "0002", "pin": "123456", "amount": 10**13},
+    {"qr_payload": "0002", "pin": "123456", "amount": 0},
+    {"qr_payload": "0002", "pin": "123456", "unknown": 1},
+    {"pin": "123456"},
+    {"qr_payload": "0002\x00", "pin": "123456"},
+])
+async def test_bad_payment_input_is_a_4xx_problem_and_moves_nothing(
+    wallet_api: httpx.AsyncClient, body: dict[str, Any],
+) -> None:
+    citizen = await signed_in(wallet_api)
+    response = await wallet_api.post("/v1/citizen/payments", json=body,
+                                     headers={**citizen.headers, **key()})
+    assert 400 <= response.status_code < 500, response.text
+    problem(response)
+    quote = await wallet_api.post("/v1/citizen/payments/quote",
+                                  json={k: v for k, v in body.items() if k != "pin"},
+                                  headers=citizen.headers)
+    assert 400 <= quote.status_code < 500, quote.text
+
+
+async def test_paying_needs_a_citizen_session_and_an_idempotency_key(
+    wallet_api: httpx.AsyncClient,
+) -> None:
+    citizen = await signed_in(wallet_api)
+    anonymous = await wallet_api.post("/v1/citizen/payments",
+                                      json={"qr_payload": "x", "pin": "123456"}, headers=key())
+    assert anonymous.status_code == 401
+    keyless = await wallet_api.post("/v1/citizen/payments",
+                                    json={"qr_payload": "x", "pin": citizen.pin},
+                                    headers=citizen.headers)
+    assert keyless.status_code == 400 and problem(keyless)["code"] == "idempotency_key_required"
+
+
+async def test_one_payment_request_paid_concurrently_a_hundred_times_is_paid_once(
+    wallet_api: httpx.AsyncClient, pool: asyncpg.Pool,
+) -> None:
+    world = await make_world(wallet_api, pool)
+    citizens = [await world.citizen() for _ in range(4)]
+    request = await world.payment_request(10_000)
+    responses = await asyncio.gather(*(
+        pay(wallet_api, citizens[i % 4], request["qr_payload"]) for i in range(100)))
+    codes = sorted(r.status_code for r in responses)
+    assert codes.count(201) == 1, [r.text for r in responses if r.status_code >= 500]
+    assert all(r.status_code in (201, 409) for r in responses)
+    assert await pool.fetchval(
+        "SELECT count(*) FROM payments WHERE merchant_id = (SELECT merchant_id FROM "
+        "payment_requests WHERE qr_payload = $1)", request["qr_payload"]) == 1
+    total = sum([await balance(wallet_api, c) for c in citizens])
+    assert total == 4 * 1_000_000 - 5_000
+
+
+async def test_two_hundred_concurrent_payments_by_one_citizen_get_exactly_the_daily_cap(
+    wallet_api: httpx.AsyncClient, pool: asyncpg.Pool,
+) -> None:
+    world = await make_world(wallet_api, pool, daily=20_000, total=240_000)
+    others = [await approved(wallet_api, world.admin.headers) for _ in range(9)]
+    shops = [world.merchant_headers] + [headers for _, headers in others]
+    citizen = await world.citizen(money=10_000_000)
+    requests = [await world.payment_request(10_000, shops[i % 10]) for i in range(200)]
+    responses = await asyncio.gather(*(
+        pay(wallet_api, citizen, r["qr_payload"]) for r in requests))
+    assert all(r.status_code == 201 for r in responses), [
+        r.text for r in responses if r.status_code != 201][:3]
+    subsidies = [r.json()["subsidy_amount"] for r in responses]
+    assert sum(subsidies) == 20_000
+    assert await balance(wallet_api, citizen) == 10_000_000 - 200 * 10_000 + 20_000
+
+
+async def test_refunds_split_like_the_payment_restore_the_caps_and_never_exceed_it(
+    wallet_api: httpx.AsyncClient, pool: asyncpg.Pool,
+) -> None:
+    world = await make_world(wallet_api, pool, daily=20_000, total=240_000)
+    citizen = await world.citizen(money=100_000)
+    request = await world.payment_request(30_001)  # odd: the split needs the rounding rule
+    paid = await pay(wallet_api, citizen, request["qr_payload"])
+    assert paid.status_code == 201, paid.text
+    payment = paid.json()
+    assert (payment["subsidy_amount"], payment["citizen_amount"]) == (15_000, 15_001)
+    url = f"/v1/merchant/payments/{payment['payment_id']}/refunds"
+
+    headers = {**world.merchant_headers, **key()}
+    first = await wallet_api.post(url, json={"amount": 10_000}, headers=headers)
+    assert first.status_code == 201, first.text
+    assert (first.json()["subsidy_amount"], first.json()["citizen_amount"]) == (4_999, 5_001)
+    replay = await wallet_api.post(url, json={"amount": 10_000}, headers=headers)
+    assert (replay.status_code, replay.json()) == (201, first.json())
+
+    too_much = await wallet_api.post(url, json={"amount": 20_002},
+                                     headers={**world.merchant_headers, **key()})
+    assert too_much.status_code == 422
+    assert problem(too_much)["code"] == "refund_exceeds_payment"
+    rest = await wallet_api.post(url, json={"amount": 20_001},
+                                 headers={**world.merchant_headers, **key()})
+    assert rest.status_code == 201, rest.text
+    assert first.json()["subsidy_amount"] + rest.json()["subsidy_amount"] == 15_000
+    assert await balance(wallet_api, citizen) == 100_000  # the whole own share came back
+
+    # The caps are restored: a new payment gets the full daily cap's share again.
+    again = await pay(wallet_api, citizen, (await world.payment_request(40_000))["qr_payload"])
+    assert again.status_code == 201 and again.json()["subsidy_amount"] == 20_000
+
+    other_id, other_headers = await approved(wallet_api, world.admin.headers)
+    foreign = await wallet_api.post(url, json={"amount": 1},
+                                    headers={**other_headers, **key()})
+    assert foreign.status_code == 404  # another merchant's payment
+    for bad in ({"amount": 0}, {"amount": -5}, {"amount": 1.5}, {"amount": "1"}, {},
+                {"amount": 1, "x": 1}):
+        response = await wallet_api.post(url, json=bad,
+                                         headers={**world.merchant_headers, **key()})
+        assert response.status_code == 422, (bad, response.text)
+    verify = await wallet_api.get("/v1/admin/ledger/verify", headers=world.admin.headers)
+    assert verify.json()["ok"] is True, verify.json()

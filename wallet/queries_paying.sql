@@ -1,0 +1,75 @@
+-- Named queries of the payment path (wallet/paying.py).
+
+-- name: read_usage
+SELECT citizen_id, program_id, day, used_day, month, used_month, used_total, payments,
+       first_used_at
+FROM subsidy_usage
+WHERE (citizen_id, program_id) IN (SELECT * FROM unnest($1::uuid[], $2::uuid[]))
+
+-- name: write_usage
+INSERT INTO subsidy_usage (citizen_id, program_id, day, used_day, month, used_month,
+                           used_total, payments, first_used_at, updated_at)
+SELECT u.*, now()
+FROM unnest($1::uuid[], $2::uuid[], $3::date[], $4::bigint[], $5::date[], $6::bigint[],
+            $7::bigint[], $8::integer[], $9::timestamptz[])
+     AS u (citizen_id, program_id, day, used_day, month, used_month, used_total, payments,
+           first_used_at)
+ON CONFLICT (citizen_id, program_id) DO UPDATE
+SET day = EXCLUDED.day, used_day = EXCLUDED.used_day, month = EXCLUDED.month,
+    used_month = EXCLUDED.used_month, used_total = EXCLUDED.used_total,
+    payments = EXCLUDED.payments, first_used_at = EXCLUDED.first_used_at,
+    updated_at = EXCLUDED.updated_at
+
+-- name: read_requests
+SELECT id, status, payment_id, expires_at, paid_at FROM payment_requests WHERE id = ANY($1::uuid[])
+
+-- name: mark_requests_paid
+WITH paid AS (
+    UPDATE payment_requests AS r
+    SET status = 'paid', payment_id = u.payment_id, paid_at = u.paid_at
+    FROM unnest($1::uuid[], $2::uuid[], $3::timestamptz[]) AS u (id, payment_id, paid_at)
+    WHERE r.id = u.id AND r.status = 'open' AND r.expires_at > u.paid_at
+    RETURNING r.id
+)
+SELECT count(*) FROM paid
+
+-- name: citizen_programs
+-- The citizen's profile, and for each active enrolment in an active program the version in
+-- effect at $2 (the newest approved one whose effective_at has come). One row at least.
+SELECT c.birth_date, c.nationality, c.province_code, c.district_code, c.taxpayer,
+       p.id AS program_id, p.code AS program_code, p.budget_account_id,
+       v.version, v.spec::text AS spec, v.content_hash
+FROM citizens c
+LEFT JOIN enrolments e ON e.citizen_id = c.id AND e.status = 'active'
+LEFT JOIN programs p ON p.id = e.program_id AND p.status = 'active'
+LEFT JOIN LATERAL (
+    SELECT pv.version, pv.spec, pv.content_hash
+    FROM program_versions pv
+    WHERE pv.program_id = p.id AND pv.approved_at IS NOT NULL AND pv.effective_at <= $2
+    ORDER BY pv.effective_at DESC, pv.version DESC
+    LIMIT 1
+) v ON true
+WHERE c.id = $1
+
+-- name: read_payments_for_refund
+SELECT id, citizen_id, merchant_id, program_id, amount, subsidy_amount, refunded_amount,
+       refunded_subsidy_amount, business_date, created_at
+FROM payments
+WHERE id = ANY($1::uuid[])
+
+-- name: write_payment_refunds
+UPDATE payments AS p
+SET refunded_amount = u.refunded_amount, refunded_subsidy_amount = u.refunded_subsidy_amount
+FROM unnest($1::uuid[], $2::bigint[], $3::bigint[])
+     AS u (id, refunded_amount, refunded_subsidy_amount)
+WHERE p.id = u.id
+
+-- name: refund_context
+-- What a refund needs besides the payment row: the accounts on both sides.
+SELECT p.id, p.citizen_id, p.merchant_id, p.program_id, c.wallet_account_id,
+       m.citizen_payable_account_id, m.state_payable_account_id, g.budget_account_id
+FROM payments p
+JOIN citizens c ON c.id = p.citizen_id
+JOIN merchants m ON m.id = p.merchant_id
+LEFT JOIN programs g ON g.id = p.program_id
+WHERE p.id = $1 AND p.merchant_id = $2
