@@ -35,6 +35,13 @@ from gwallet.problems import problem_response
 from gwallet.request import StrictRequest, check_request_bodies
 from gwallet.settings import Settings
 from ledger_core.engine import EngineConfig, LedgerEngine
+from wallet.context import wallet_lifespan  # citizens (issue 4)
+from wallet.http import WALLET_ROUTES  # citizens (issue 4)
+from merchant_api.http import MERCHANT_ROUTES, merchant_lifespan  # merchants (issue 5)
+from gwallet.admin import ADMIN_CONTROLLERS  # officials' back office (issue 3)
+from subsidy_rules.http import PROGRAM_CONTROLLERS  # officials' back office (issue 3)
+from wallet.paying_http import PaymentsController  # paying by QR (issue 5)
+from merchant_api.refunds import RefundsController  # refunds (issue 5)
 
 _log = logging.getLogger("gwallet.app")
 
@@ -49,8 +56,16 @@ def create_app(
     logs.configure(settings.log_level, settings.log_json)
     app_metrics = Metrics()
     app = Litestar(
-        route_handlers=[healthz, readyz, metrics, swagger_assets(), *route_handlers],
-        lifespan=[_resources(settings)],
+        route_handlers=[
+            healthz, readyz, metrics, swagger_assets(), *WALLET_ROUTES,
+            *ADMIN_CONTROLLERS, *PROGRAM_CONTROLLERS,  # issue 3
+            *MERCHANT_ROUTES,  # issue 5
+            PaymentsController, RefundsController,  # issue 5: paying by QR, refunds
+            *route_handlers,
+        ],
+        # wallet_lifespan (issue 4) runs inside _resources: it uses app.state.pool.
+        # merchant_lifespan (issue 5) reuses the wallet's personal-data keys: it comes after.
+        lifespan=[_resources(settings), wallet_lifespan(settings), merchant_lifespan(settings)],
         state=State({"settings": settings, "metrics": app_metrics}),
         request_class=StrictRequest,
         request_max_body_size=settings.max_request_body_bytes,

@@ -4,6 +4,9 @@
     gwallet migrate
     gwallet demo [--serve ...]
     gwallet ledger verify
+    gwallet bank topup --wallet-id wal_... --amount SATANG [--bank-reference R] [--url URL]
+    gwallet citizens rekey
+    gwallet admin create --username U --role admin|maker|checker|auditor [--password-stdin]
 
 Settings come from ``GWALLET_*`` environment variables (README); the options above override
 their namesakes. Without ``GWALLET_DATABASE_URL``/``GWALLET_REDIS_URL`` the embedded servers are
@@ -61,6 +64,36 @@ def _parser() -> argparse.ArgumentParser:
     ledger_commands = ledger.add_subparsers(required=True, metavar="command")
     verify = ledger_commands.add_parser("verify", help="check every ledger invariant and the chain")
     verify.set_defaults(run=_verify)
+
+    # Officials (issue 3): the first admin is created here.
+    admin = commands.add_parser("admin", help="back-office officials")
+    admin_commands = admin.add_subparsers(required=True, metavar="command")
+    create = admin_commands.add_parser(
+        "create", help="create an official; prints the password (once) and the TOTP secret"
+    )
+    create.add_argument("--username", required=True)
+    create.add_argument("--role", required=True, choices=("admin", "maker", "checker", "auditor"))
+    create.add_argument(
+        "--password-stdin", action="store_true", help="read the password from stdin (one line)"
+    )
+    create.set_defaults(run=_admin_create)
+
+    # Citizens (issue 4): a bank partner's top-up, signed, posted to a running service.
+    bank = commands.add_parser("bank", help="simulate a bank partner")
+    bank_commands = bank.add_subparsers(required=True, metavar="command")
+    topup = bank_commands.add_parser("topup", help="sign and post a top-up (Standard Webhooks)")
+    topup.add_argument("--wallet-id", required=True, help="the citizen's wallet (wal_...)")
+    topup.add_argument("--amount", required=True, help="satang, ASCII digits (12350 = 123.50 THB)")
+    topup.add_argument("--bank-reference", help="idempotency: the same reference is one top-up")
+    topup.add_argument("--partner", help="bank partner id (default: the first configured)")
+    topup.add_argument("--url", help="the service (default: http://GWALLET_HOST:GWALLET_PORT)")
+    topup.set_defaults(run=_bank_topup)
+    citizens = commands.add_parser("citizens", help="citizens' personal data")
+    citizens_commands = citizens.add_subparsers(required=True, metavar="command")
+    rekey = citizens_commands.add_parser(
+        "rekey", help="re-encrypt personal data and lookup digests under the current keys"
+    )
+    rekey.set_defaults(run=_citizens_rekey)
     return parser
 
 
@@ -223,6 +256,109 @@ async def _run_verify(settings: Settings):  # type: ignore[no-untyped-def]
         return await verify_ledger(conn, public_key)
     finally:
         await conn.close()
+
+
+def _admin_create(args: argparse.Namespace, settings: Settings) -> int:
+    """``gwallet admin create``: an official, audited as made by "cli"."""
+    import re
+
+    from gwallet.migrate import migrate
+    from gwallet.officials import USERNAME_PATTERN, Role, UsernameTaken, check_password_policy
+
+    if not re.fullmatch(USERNAME_PATTERN, args.username):
+        print("gwallet: a username is 3-64 of a-z 0-9 . _ - and starts with a letter",
+              file=sys.stderr)
+        return 2
+    password = None
+    if args.password_stdin:
+        password = sys.stdin.readline().rstrip("\r\n")
+        try:
+            check_password_policy(password)
+        except ValueError as exc:
+            print(f"gwallet: {exc}", file=sys.stderr)
+            return 2
+    settings = with_backing_services(settings)
+    assert settings.database_url is not None
+    asyncio.run(migrate(settings.database_url))
+    try:
+        created = asyncio.run(_create_official(settings, args.username, Role(args.role), password))
+    except UsernameTaken:
+        print(f"gwallet: an official named {args.username!r} exists", file=sys.stderr)
+        return 1
+    print(f"official {created.official.official_id}: {created.official.username} "
+          f"({created.official.role})")
+    if created.password is not None:
+        print(f"password (shown once, store it now): {created.password}")
+    print(f"TOTP secret: {created.totp_secret}")
+    print(f"TOTP provisioning URI: {created.totp_provisioning_uri}")
+    return 0
+
+
+async def _create_official(settings: Settings, username: str, role, password):  # type: ignore[no-untyped-def]
+    import asyncpg
+
+    from gwallet.officials import create_official
+
+    conn = await asyncpg.connect(settings.database_url, timeout=settings.db_connect_timeout_seconds)
+    try:
+        async with conn.transaction():
+            return await create_official(
+                conn, username=username, role=role, password=password, created_by=None
+            )
+    finally:
+        await conn.close()
+
+
+def _citizens_rekey(args: argparse.Namespace, settings: Settings) -> int:
+    """``gwallet citizens rekey`` (issue 4): after a new key is put first (docs/SECURITY.md)."""
+    from gwallet.migrate import migrate
+    from wallet.context import build_context
+    from wallet.identity import rekey_citizens
+
+    settings = with_backing_services(settings)
+    assert settings.database_url is not None
+    asyncio.run(migrate(settings.database_url))
+    keys = build_context(settings).keys
+
+    async def run() -> int:
+        import asyncpg
+
+        pool = await asyncpg.create_pool(settings.database_url, min_size=1, max_size=2)
+        assert pool is not None
+        try:
+            return await rekey_citizens(pool, keys)
+        finally:
+            await pool.close()
+
+    print(f"citizens rekeyed: {asyncio.run(run())}")
+    return 0
+
+
+def _bank_topup(args: argparse.Namespace, settings: Settings) -> int:
+    """``gwallet bank topup`` (issue 4): prints the service's answer; exit 1 unless 201."""
+    from wallet.topups import BankPartnerConfigError, load_bank_partners, post_signed_topup
+
+    if not args.amount.isascii() or not args.amount.isdigit():
+        print("gwallet: --amount is a whole number of satang in ASCII digits", file=sys.stderr)
+        return 2
+    try:
+        partners = load_bank_partners(settings.bank_partner_secrets, settings.data_path)
+    except BankPartnerConfigError as exc:
+        print(f"gwallet: {exc}", file=sys.stderr)
+        return 2
+    partner = args.partner or partners.partner_ids[0]
+    if partner not in partners.partner_ids:
+        print(f"gwallet: unknown bank partner {partner!r}", file=sys.stderr)
+        return 2
+    status, body = post_signed_topup(
+        args.url or f"http://{settings.host}:{settings.port}",
+        partners.secret_of(partner),
+        wallet_id=args.wallet_id,
+        amount=int(args.amount),
+        bank_reference=args.bank_reference,
+    )
+    print(body)
+    return 0 if status == 201 else 1
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -13,6 +13,8 @@ from dataclasses import dataclass, field
 
 import asyncpg
 
+from gwallet.demo_back_office import BackOfficeReport, print_back_office, seed_back_office
+from gwallet.demo_citizens import CitizensReport, print_citizens, seed_citizens
 from gwallet.keys import load_signing_key
 from gwallet.settings import Settings
 from ledger_core import (
@@ -112,6 +114,10 @@ SUBMISSIONS: list[tuple[str, list[Transfer]]] = [
 class DemoReport:
     results: list[tuple[str, list[str]]] = field(default_factory=list)
     balances: dict[str, int] = field(default_factory=dict)
+    back_office: BackOfficeReport | None = None  # issue 3
+    citizens: CitizensReport | None = None  # issue 4
+    # Merchants (issue 5): (name, merchant id, API key shown for the demo only).
+    merchants: list[tuple[str, str, str]] = field(default_factory=list)
 
 
 async def seed(settings: Settings) -> DemoReport:
@@ -129,12 +135,73 @@ async def seed(settings: Settings) -> DemoReport:
                 results = await engine.create_transfers(transfers)
                 report.results.append((what, [_describe(r) for r in results]))
             balances = await engine.lookup_accounts([a.id for a in ACCOUNTS.values()])
+            report.back_office = await seed_back_office(pool, engine)  # issue 3
+            report.citizens = await seed_citizens(  # issue 4: after the program exists
+                settings, pool, engine, report.back_office.program_id or None
+            )
         finally:
             await engine.stop()
+        report.merchants = await seed_merchants(settings, pool)  # issue 5
     finally:
         await pool.close()
     report.balances = {name: balances[a.id].balance_posted for name, a in ACCOUNTS.items()}
     return report
+
+
+# --- Merchants (issue 5): applied and approved through merchant_api, as an official would ---
+
+DEMO_MERCHANTS = (
+    # name, owner's national ID without its check digit, category, province, district, bank
+    ("Som Tam Pa Noi", "110000000001", "street_food", "40", "4001", "004", "4001234567"),
+    ("Kafae Boran", "110000000002", "coffee_shop", "50", "5001", "014", "5009876543"),
+)
+
+
+async def seed_merchants(settings: Settings, pool: asyncpg.Pool) -> list[tuple[str, str, str]]:
+    """Apply and approve the demo merchants (ids derived from their names); print-ready
+    (name, merchant id, API key). A merchant approved by an earlier run gets a fresh key (its
+    previous one keeps its grace period): keys are stored hashed and cannot be shown again."""
+    from datetime import UTC, datetime
+
+    from stdnum.th import pin as thai_pin
+
+    from gwallet.ids import format_id
+    from merchant_api import keys, merchants
+    from subsidy_rules.spec import BusinessType
+    from wallet.context import build_context
+
+    wallet_keys = build_context(settings).keys  # the service's personal-data keys
+    personal = merchants.PersonalDataKeys(pii=wallet_keys.pii, lookup=wallet_keys.lookup)
+    out = []
+    for name, owner, category, province, district, bank, account in DEMO_MERCHANTS:
+        merchant_id = demo_id("merchant_api " + name)
+        now = datetime.now(UTC)
+        row = await pool.fetchrow(merchants.Q["merchant"], merchant_id)
+        if row is None:
+            new = merchants.validate_application(
+                name=name,
+                owner_national_id=owner + thai_pin.calc_check_digit(owner),
+                business_type=BusinessType.INDIVIDUAL,
+                category=category,
+                province_code=province,
+                district_code=district,
+                bank_code=bank,
+                account_number=account,
+                account_name=name + " owner",
+            )
+            async with pool.acquire() as conn, conn.transaction():
+                await merchants.apply(conn, personal, new, now, merchant_id=merchant_id)
+            status = merchants.MerchantStatus.PENDING
+        else:
+            status = row["status"]
+        if status == merchants.MerchantStatus.PENDING:
+            api_key = (await merchants.approve(pool, merchant_id, None, now)).api_key
+        else:
+            api_key = await keys.reissue(
+                pool, merchant_id, settings.merchant_rotation_grace_seconds, now
+            )
+        out.append((name, format_id("mer", merchant_id), api_key))
+    return out
 
 
 def _describe(result: CreateTransferResult) -> str:
@@ -150,6 +217,12 @@ def print_instructions(settings: Settings, report: DemoReport, *, serving: bool)
     print("\nBalances (credits - debits, posted; THB):")
     for name, satang in report.balances.items():
         print(f"  {name:<45} {satang / 100:>16,.2f}")
+    if report.back_office is not None:  # issue 3
+        print()
+        print_back_office(report.back_office, base)
+    if report.citizens is not None:  # issue 4
+        print()
+        print_citizens(report.citizens, base)
     print(f"""
 Try the service{" (starting now)" if serving else " (start it with: gwallet serve)"} at {base}:
   curl -s {base}/healthz
@@ -159,4 +232,14 @@ Try the service{" (starting now)" if serving else " (start it with: gwallet serv
   API docs (served locally, no CDN):    {base}/schema
   OpenAPI 3.1:                          {base}/schema/openapi.json
   Check the ledger's invariants and hash chain:  gwallet ledger verify
+""")
+    if report.merchants:
+        print("Demo merchants (approved; API keys shown for the demo only, stored hashed):")
+        for name, merchant_id, api_key in report.merchants:
+            print(f"  {name:<20} {merchant_id}  {api_key}")
+        _, _, api_key = report.merchants[0]
+        print(f"""  Create a payment request (a dynamic Thai QR):
+    curl -s -X POST {base}/v1/merchant/payment-requests \\
+      -H 'Authorization: Bearer {api_key}' -H "Idempotency-Key: $(date +%s%N)" \\
+      -H 'content-type: application/json' -d '{{"amount": 12350, "reference": "INV-1"}}'
 """)

@@ -13,7 +13,9 @@ import uuid
 from ledger_core import new_id
 
 PREFIXES = frozenset({"cit", "mer", "prg", "preq", "pay", "ref", "top", "stl", "off", "evt",
-                      "wal", "ses", "key", "enr", "ver", "run"})
+                      "wal", "ses", "key", "enr", "ver", "run",
+                      "fnd", "aud",  # funding requests, audit entries (issue 3)
+                      "txn"})  # wallet movements: ledger transfers of a wallet (issue 4)
 _ALPHABET = "0123456789abcdefghjkmnpqrstvwxyz"  # Crockford base32, lower case
 _DECODE = {c: i for i, c in enumerate(_ALPHABET)}
 _LENGTH = 26  # ceil(128 / 5)

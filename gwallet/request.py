@@ -79,6 +79,8 @@ class StrictRequest(Request[Any, Any, Any]):
                 return await super().json()
             except SerializationException as exc:
                 raise MalformedJson() from exc
+            except RecursionError:
+                raise MalformedJson(_TOO_DEEP) from None
         body = await self.body()
         try:
             return decoder.decode(body)
@@ -87,6 +89,11 @@ class StrictRequest(Request[Any, Any, Any]):
             raise InvalidRequest(f"{error.field}: {error.message}", errors=[error]) from None
         except msgspec.DecodeError:
             raise MalformedJson() from None
+        except RecursionError:  # msgspec's answer to JSON nested ~1000 levels deep
+            raise MalformedJson(_TOO_DEEP) from None
+
+
+_TOO_DEEP = "The request body is nested too deeply."
 
 
 def _decoder_for(route_handler: Any) -> msgspec.json.Decoder[Any] | None:

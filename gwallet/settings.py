@@ -64,6 +64,37 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     # How often each process deletes keys older than the retention.
     idempotency_purge_interval_seconds: float = 3600.0
 
+    # Citizens (issue 4). Key lists are "id:hex,id:hex" (32-byte keys, the first one writes,
+    # every one reads); None: development keys made once in data_dir (gwallet/pii.py).
+    pii_encryption_keys: str | None = None  # AES-256-GCM of national ID, phone, name, TOTP
+    pii_lookup_keys: str | None = None  # HMAC-SHA256 lookup index of national IDs
+    pin_pepper_keys: str | None = None  # HMAC-SHA256 pepper of PINs (docs/SECURITY.md)
+    # "partner_id:whsec_...,..." (Standard Webhooks secrets); None: a development partner.
+    bank_partner_secrets: str | None = None
+    citizen_session_ttl_seconds: int = 12 * 3600
+    citizen_sessions_max: int = 10  # active sessions per citizen; a new one ends the oldest
+    auth_lockout_failures: int = 10  # consecutive PIN/TOTP failures that lock an account
+    auth_lockout_seconds: int = 1800
+    bank_webhook_id_retention_seconds: int = 900  # > the 300 s timestamp tolerance
+    enrolment_full_flag_seconds: float = 5.0  # Redis "program full" answer lives this long
+
+    # Officials (issue 3)
+    # A back-office session (ost_ token) lasts this long.
+    official_session_ttl_seconds: int = 8 * 3600
+    # This many failed logins in a row lock the official's account for the lockout time.
+    official_login_max_failures: int = 10
+    official_lockout_minutes: int = 30
+
+    # Merchants (issue 5)
+    # After a rotation the previous API key keeps working this long (not named *key*: it
+    # is no secret, and redacted() blanks such names).
+    merchant_rotation_grace_seconds: int = 24 * 3600
+    # Per-API-key token bucket in Redis: this many requests per second, bursts up to burst.
+    merchant_rate_limit_per_second: float = 100.0
+    merchant_rate_limit_burst: int = 200
+    # A payment request (dynamic QR) can be paid for this long.
+    payment_request_ttl_seconds: int = 300
+
     # Logging.
     log_level: str = "INFO"
     log_json: bool = True

@@ -27,6 +27,7 @@ ROOT = Path(__file__).resolve().parent.parent
 TEST_DATA_DIR = ROOT / ".gwallet-data" / "test"
 DEFAULT_ADMIN_URL = "postgresql://postgres@127.0.0.1:5432/postgres"
 DEFAULT_REDIS_URL = "redis://127.0.0.1:6379/15"
+TEST_LEDGER_SIGNING_KEY_HEX = bytes(range(32)).hex()  # tests/ledger_helpers.SIGNING_KEY
 
 
 def _answers(url: str, default_port: int) -> bool:
@@ -119,6 +120,9 @@ def _service_settings(database_url: str, redis_url: str, data_dir: Path, **overr
         redis_url=redis_url,
         data_dir=str(data_dir),
         ledger_batch_window_ms=1.0,
+        # Every engine on the session's database signs checkpoints with the same key, so
+        # that verify (with any app's key) checks them all.
+        ledger_signing_key_hex=TEST_LEDGER_SIGNING_KEY_HEX,
         **overrides,
     )
 
@@ -169,3 +173,10 @@ async def api(service_url: str) -> AsyncIterator[httpx.AsyncClient]:
 async def api_without_redis(service_without_redis_url: str) -> AsyncIterator[httpx.AsyncClient]:
     async with httpx.AsyncClient(base_url=service_without_redis_url, timeout=15) as client:
         yield client
+
+
+# --- Citizens (issue 4): the wallet's service with explicit keys (tests/wallet_helpers.py) ---
+from tests.wallet_helpers import wallet_api, wallet_service_url, wallet_settings  # noqa: E402,F401
+
+# --- Officials (issue 3): the back office's shared officials (tests/backoffice.py) ---------
+from tests.backoffice import staff, team  # noqa: E402,F401

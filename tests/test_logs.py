@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 
@@ -26,6 +27,17 @@ def json_lines(caplog: pytest.LogCaptureFixture) -> list[dict]:
     ]
 
 
+async def access_lines(caplog: pytest.LogCaptureFixture, count: int) -> list[dict]:
+    """The access lines, once ``count`` are there: the server logs a request just after it
+    sent the response, so the client can be a moment ahead of the line (at most 2 s)."""
+    for _ in range(200):
+        access = [line for line in json_lines(caplog) if line["logger"] == "gwallet.access"]
+        if len(access) >= count:
+            return access
+        await asyncio.sleep(0.01)
+    return access
+
+
 async def test_logs_carry_no_national_id_pin_authorization_or_api_key(
     api: httpx.AsyncClient, caplog: pytest.LogCaptureFixture
 ) -> None:
@@ -43,6 +55,7 @@ async def test_logs_carry_no_national_id_pin_authorization_or_api_key(
     await api.get(f"/test/boom?national_id={NATIONAL_ID}", headers=secret_headers)
     await api.get(f"/test/items/{NATIONAL_ID}", headers=secret_headers)
 
+    await access_lines(caplog, 5)
     lines = json_lines(caplog)
     text = "\n".join(json.dumps(line) for line in lines)
     for secret in (NATIONAL_ID, PIN, BEARER, API_KEY):
@@ -72,7 +85,7 @@ async def test_the_access_log_uses_the_request_id_the_client_sent(
 ) -> None:
     caplog.set_level(logging.INFO)
     await api.get("/healthz", headers={"X-Request-ID": "trace-abc-123"})
-    access = [line for line in json_lines(caplog) if line["logger"] == "gwallet.access"]
+    access = await access_lines(caplog, 1)
     assert access[-1]["request_id"] == "trace-abc-123"
 
 

@@ -420,7 +420,8 @@ def test_a_daily_cap_out_of_range_is_always_refused_at_its_path(value: int) -> N
 
 # --- the package stays pure -----------------------------------------------------------------
 
-PURE_MODULES = ["spec", "periods", "eligibility", "decision", "enrolment", "examples/__init__"]
+PURE_MODULES = ["spec", "periods", "eligibility", "decision", "enrolment", "simulation",
+                "examples/__init__"]
 
 
 @pytest.mark.parametrize("name", PURE_MODULES)
