@@ -242,4 +242,14 @@ Try the service{" (starting now)" if serving else " (start it with: gwallet serv
     curl -s -X POST {base}/v1/merchant/payment-requests \\
       -H 'Authorization: Bearer {api_key}' -H "Idempotency-Key: $(date +%s%N)" \\
       -H 'content-type: application/json' -d '{{"amount": 12350, "reference": "INV-1"}}'
+  Pay it as a demo citizen (the state pays its share; qr_payload from the answer above):
+    curl -s -X POST {base}/v1/citizen/payments/quote -H 'Authorization: Bearer <access_token>' \
+      -H 'content-type: application/json' -d '{{"qr_payload": "<qr_payload>"}}'
+    curl -s -X POST {base}/v1/citizen/payments -H 'Authorization: Bearer <access_token>' \
+      -H "Idempotency-Key: $(date +%s%N)" -H 'content-type: application/json' \
+      -d '{{"qr_payload": "<qr_payload>", "pin": "<the citizen's PIN>"}}'
+  Refund part of it (as the merchant):
+    curl -s -X POST {base}/v1/merchant/payments/<payment_id>/refunds \
+      -H 'Authorization: Bearer {api_key}' -H "Idempotency-Key: $(date +%s%N)" \
+      -H 'content-type: application/json' -d '{{"amount": 5000}}'
 """)
