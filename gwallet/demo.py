@@ -247,7 +247,7 @@ Try the service{" (starting now)" if serving else " (start it with: gwallet serv
       -H 'content-type: application/json' -d '{{"qr_payload": "<qr_payload>"}}'
     curl -s -X POST {base}/v1/citizen/payments -H 'Authorization: Bearer <access_token>' \
       -H "Idempotency-Key: $(date +%s%N)" -H 'content-type: application/json' \
-      -d '{{"qr_payload": "<qr_payload>", "pin": "<the citizen's PIN>"}}'
+      -d '{{"qr_payload": "<qr_payload>", "pin": "<PIN>"}}'
   Refund part of it (as the merchant):
     curl -s -X POST {base}/v1/merchant/payments/<payment_id>/refunds \
       -H 'Authorization: Bearer {api_key}' -H "Idempotency-Key: $(date +%s%N)" \

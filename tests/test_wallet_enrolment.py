@@ -288,6 +288,17 @@ async def seed_citizens(pool: asyncpg.Pool, count: int) -> list[uuid.UUID]:
     return ids
 
 
+STORM_CONNECTIONS = 10  # PostgreSQL's 100 connections are shared with every test's pools
+
+
+@pytest.fixture
+async def storm_pool(database_url: str) -> AsyncIterator[asyncpg.Pool]:
+    pool = await asyncpg.create_pool(database_url, min_size=1, max_size=STORM_CONNECTIONS)
+    assert pool is not None
+    yield pool
+    await pool.close()
+
+
 @pytest.fixture
 async def bounded_redis(redis_url: str) -> AsyncIterator[redis_asyncio.Redis]:
     """A Redis client with a bounded pool, as the service builds it (gwallet.app)."""
@@ -301,9 +312,9 @@ async def bounded_redis(redis_url: str) -> AsyncIterator[redis_asyncio.Redis]:
 
 
 async def test_fifty_thousand_concurrent_enrolments_fill_a_quota_of_ten_thousand_exactly(
-    pool: asyncpg.Pool, bounded_redis: redis_asyncio.Redis
+    storm_pool: asyncpg.Pool, bounded_redis: redis_asyncio.Redis
 ) -> None:
-    redis_client = bounded_redis
+    pool, redis_client = storm_pool, bounded_redis
     program_id = await make_program(pool, program_spec(quota=STORM_QUOTA))
     citizens = await seed_citizens(pool, STORM_CITIZENS)
     requests = citizens + [secrets.choice(citizens) for _ in range(STORM_REQUESTS - STORM_CITIZENS)]
@@ -349,7 +360,8 @@ async def test_fifty_thousand_concurrent_enrolments_fill_a_quota_of_ten_thousand
     print(f"\n{STORM_REQUESTS} enrolments in {elapsed:.1f} s ({outcomes})")
 
 
-async def test_the_quota_stays_exact_when_redis_is_down(pool: asyncpg.Pool) -> None:
+async def test_the_quota_stays_exact_when_redis_is_down(storm_pool: asyncpg.Pool) -> None:
+    pool = storm_pool
     program_id = await make_program(pool, program_spec(quota=50))
     citizens = await seed_citizens(pool, 200)
     down = redis_asyncio.Redis.from_url(

@@ -50,6 +50,7 @@ def wallet_settings_for(
         "pin_pepper_keys": key_list("p1"),
         "bank_partner_secrets": f"{PARTNER}:{PARTNER_SECRET},{OTHER_PARTNER}:{OTHER_PARTNER_SECRET}",
         "log_level": "WARNING",
+        "db_pool_max_size": 5,  # PostgreSQL's connections are shared by every test's pools
     }
     values.update(overrides)
     return Settings(**values)  # type: ignore[arg-type]

@@ -16,7 +16,8 @@ seconds``) answers the following requests without touching the counter; a snapsh
 the counter does the same without a lock when Redis is down. Before any refusal the
 citizen's own enrolment is looked up, so a citizen who is enrolled always gets the
 enrolment back, never a refusal (a flag is set only after every counted enrolment has
-committed, so that lookup sees them).
+committed, so that lookup sees them). Once a program is known to be full, 409 comes before
+the eligibility check: the fast path asks nothing about the citizen.
 
 **Forfeited rights return to the quota** (DOMAIN: re-opened to new people). A right not
 used by its ``first_use_deadline`` (``subsidy_rules.enrolment.first_use_deadline``, stored
@@ -45,7 +46,7 @@ import asyncpg
 import msgspec
 from redis.asyncio import Redis
 
-from gwallet.ids import format_id, parse_id
+from gwallet.ids import format_id
 from gwallet.problems import DomainError, FieldError
 from ledger_core import new_id
 from ledger_core.sql import load_queries
@@ -366,7 +367,7 @@ async def enrol(
                 # The pool's queue is where a storm waits: the flags are read once through
                 # it (this process's first, then Redis for what other processes learnt).
                 if not _known_full(program_id) and not await _flag_is_set(redis, program_id):
-                    outcome = await _enrol_on(conn, citizen_id, version, quota, now)
+                    outcome = await _enrol_on(conn, program_id, citizen_id, version, quota, now)
                     if isinstance(outcome, Enrolled):
                         return outcome
                     if isinstance(outcome, DomainError):
@@ -385,6 +386,7 @@ async def enrol(
 
 async def _enrol_on(
     conn: asyncpg.Connection,
+    program_id: uuid.UUID,
     citizen_id: uuid.UUID,
     version: ProgramVersion,
     quota: int,
@@ -392,7 +394,6 @@ async def _enrol_on(
 ) -> Enrolled | DomainError | None:
     """The enrolment on one connection: the existing one, a new one, a refusal, or None
     when the program is full."""
-    program_id = _program_uuid(version)
     context = await conn.fetchrow(Q["enrolment_context"], citizen_id, program_id)
     assert context is not None, "a session's citizen exists"
     if context["existing_id"] is not None:
@@ -419,12 +420,6 @@ async def _enrol_on(
     if existing is not None:  # a concurrent duplicate of this citizen won
         return Enrolled(_out(existing), created=False)
     return None
-
-
-def _program_uuid(version: ProgramVersion) -> uuid.UUID:
-    value = parse_id("prg", version.program_id)
-    assert value is not None
-    return value
 
 
 QUOTA_CONSTRAINT = "enrolment_counters_within_quota"
