@@ -14,6 +14,7 @@ import asyncpg
 import httpx
 import pytest
 
+from gwallet.ids import parse_id
 from subsidy_rules.periods import bangkok
 from tests.backoffice import Official, approved_program, fund, lifecycle, new_official
 from tests.test_merchants import approved
@@ -281,3 +282,23 @@ async def test_refunds_split_like_the_payment_restore_the_caps_and_never_exceed_
         assert response.status_code == 422, (bad, response.text)
     verify = await wallet_api.get("/v1/admin/ledger/verify", headers=world.admin.headers)
     assert verify.json()["ok"] is True, verify.json()
+
+
+async def test_a_payment_marks_the_enrolment_used_and_keys_are_scoped_to_the_citizen(
+    wallet_api: httpx.AsyncClient, pool: asyncpg.Pool,
+) -> None:
+    world = await make_world(wallet_api, pool)
+    first, second = await world.citizen(), await world.citizen()
+    shared_key = key()
+    paid = await pay(wallet_api, first, (await world.payment_request(10_000))["qr_payload"],
+                     shared_key)
+    assert paid.status_code == 201, paid.text
+    # The same Idempotency-Key from another citizen is another request, not a replay.
+    other = await pay(wallet_api, second, (await world.payment_request(10_000))["qr_payload"],
+                      shared_key)
+    assert other.status_code == 201, other.text
+    assert other.json()["payment_id"] != paid.json()["payment_id"]
+    used = await pool.fetch(
+        "SELECT citizen_id, first_used_at FROM enrolments WHERE program_id = $1",
+        parse_id("prg", world.program_id))
+    assert len(used) == 2 and all(row["first_used_at"] is not None for row in used)

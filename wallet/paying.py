@@ -110,6 +110,10 @@ class UsageStore:
             [u.used_total for u in values], [u.payments for u in values],
             [u.first_used_at for u in values],
         )
+        first = [k for k in keys if rows[k].payments == 1]
+        if first:  # the enrolment's right is used now: it can no longer be forfeited
+            await conn.execute(Q["mark_enrolments_used"], [k[0] for k in first],
+                               [k[1] for k in first], [rows[k].first_used_at for k in first])
 
 
 class RequestState(msgspec.Struct, frozen=True):

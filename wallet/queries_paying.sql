@@ -73,3 +73,9 @@ JOIN citizens c ON c.id = p.citizen_id
 JOIN merchants m ON m.id = p.merchant_id
 LEFT JOIN programs g ON g.id = p.program_id
 WHERE p.id = $1 AND p.merchant_id = $2
+
+-- name: mark_enrolments_used
+UPDATE enrolments AS e
+SET first_used_at = u.first_used_at
+FROM unnest($1::uuid[], $2::uuid[], $3::timestamptz[]) AS u (citizen_id, program_id, first_used_at)
+WHERE e.citizen_id = u.citizen_id AND e.program_id = u.program_id AND e.first_used_at IS NULL
