@@ -209,22 +209,34 @@ async def test_the_periodic_release_agrees_with_is_forfeited_and_clears_the_full
     rows = await pool.fetch("SELECT * FROM enrolments WHERE program_id = $1", program_id)
     for row in rows:
         assert row["first_use_deadline"] == first_use_deadline(row["enrolled_at"], version)
-    used, unused = rows[0]["id"], rows[1]["id"]
-    later = rows[0]["first_use_deadline"] + timedelta(seconds=1)
+    used, unused, paid = rows[0]["id"], rows[1]["id"], rows[2]["id"]
+    later = max(r["first_use_deadline"] for r in rows) + timedelta(seconds=1)
     await pool.execute("UPDATE enrolments SET first_used_at = enrolled_at WHERE id = $1", used)
+    # A payment with the program before the deadline is a use too, even if the payment path
+    # did not mark the enrolment.
+    await pool.execute(
+        "INSERT INTO payments (id, payment_request_id, citizen_id, merchant_id, program_id, "
+        "program_version, amount, subsidy_amount, citizen_amount, merchant_category, "
+        "merchant_province_code, merchant_district_code, citizen_province_code, "
+        "citizen_district_code, business_date, created_at) SELECT $1, $2, citizen_id, $3, "
+        "program_id, 1, 100, 50, 50, 'grocery', '10', '1001', '10', '1001', current_date, "
+        "enrolled_at FROM enrolments WHERE id = $4",
+        uuid.uuid4(), uuid.uuid4(), uuid.uuid4(), paid,
+    )
     await redis_client.set(f"gwallet:enrolment:full:{program_id}", b"1")
     assert await enrolment.release_all_forfeited(pool, rows[0]["enrolled_at"], redis_client) == 0
     released = await enrolment.release_forfeited(pool, program_id, later, redis_client)
-    assert released == 2
+    assert released == 1
     after = {r["id"]: r for r in await pool.fetch("SELECT * FROM enrolments WHERE program_id = $1", program_id)}
+    first_use = {used: rows[0]["enrolled_at"], paid: rows[2]["enrolled_at"], unused: None}
     for row in rows:
-        expected = is_forfeited(row["enrolled_at"], after[row["id"]]["first_used_at"], later, version)
+        expected = is_forfeited(row["enrolled_at"], first_use[row["id"]], later, version)
         assert (after[row["id"]]["status"] == "forfeited") == expected
-    assert after[unused]["status"] == "forfeited" and after[used]["status"] == "active"
+    assert [after[i]["status"] for i in (used, unused, paid)] == ["active", "forfeited", "active"]
     assert not await redis_client.exists(f"gwallet:enrolment:full:{program_id}")
     assert await pool.fetchval(
         "SELECT enrolled FROM enrolment_counters WHERE program_id = $1", program_id
-    ) == 1
+    ) == 2
 
 
 async def test_the_wallet_shows_what_is_left_of_each_enrolled_program(

@@ -25,10 +25,11 @@ at enrolment; ``is_forfeited`` is the same comparison) is marked ``forfeited`` a
 counter is lowered by as many, in one transaction (``release_forfeited``). It runs on demand
 (when an enrolment finds the program full, one request at a time per program under an
 advisory lock) and every minute from the wallet's housekeeping; it clears the Redis flag.
-The citizen whose right lapsed keeps the forfeited row and cannot enrol again. The payment
-path (later issue) sets ``first_used_at`` on a program's first payment, with ``WHERE status
-= 'active' AND first_used_at IS NULL`` under the row lock, so a right is either used or
-forfeited, never both.
+The citizen whose right lapsed keeps the forfeited row and cannot enrol again. A right
+counts as used once ``enrolments.first_used_at`` is set or a payment with the program was
+made before the deadline (``payments``, 0003). The payment path should set ``first_used_at``
+and check ``status = 'active'`` under the enrolment's row lock, so that a payment racing the
+release cannot spend a right that is being forfeited.
 """
 
 from __future__ import annotations

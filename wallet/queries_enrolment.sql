@@ -57,14 +57,21 @@ SELECT pg_try_advisory_xact_lock($1::integer, $2::integer);
 
 -- name: release_forfeited
 -- Rights of program $1 unused by their deadline ($2: now) are forfeited, at most $3; the
--- counter gives their places back. Returns how many.
+-- counter gives their places back. Returns how many. "Used" is first_used_at, or any
+-- payment with the program before the deadline (payments, 0003), whichever the payment
+-- path records.
 WITH lapsed AS (
-    SELECT id FROM enrolments
-    WHERE program_id = $1 AND status = 'active' AND first_used_at IS NULL
-      AND first_use_deadline <= $2
-    ORDER BY first_use_deadline
+    SELECT e.id FROM enrolments e
+    WHERE e.program_id = $1 AND e.status = 'active' AND e.first_used_at IS NULL
+      AND e.first_use_deadline <= $2
+      AND NOT EXISTS (
+          SELECT 1 FROM payments p
+          WHERE p.citizen_id = e.citizen_id AND p.program_id = e.program_id
+            AND p.created_at < e.first_use_deadline
+      )
+    ORDER BY e.first_use_deadline
     LIMIT $3
-    FOR UPDATE
+    FOR UPDATE OF e
 ), forfeited AS (
     UPDATE enrolments e
     SET status = 'forfeited', forfeited_at = $2
