@@ -302,3 +302,23 @@ async def test_a_payment_marks_the_enrolment_used_and_keys_are_scoped_to_the_cit
         "SELECT citizen_id, first_used_at FROM enrolments WHERE program_id = $1",
         parse_id("prg", world.program_id))
     assert len(used) == 2 and all(row["first_used_at"] is not None for row in used)
+
+
+async def test_when_the_budget_runs_out_payments_go_on_without_subsidy_and_officials_see_it(
+    wallet_api: httpx.AsyncClient, pool: asyncpg.Pool,
+) -> None:
+    world = await make_world(wallet_api, pool, budget=7_000)
+    citizen = await world.citizen()
+    splits = []
+    for _ in range(3):  # 5,000 asked each time; the budget holds 7,000
+        response = await pay(wallet_api, citizen,
+                             (await world.payment_request(10_000))["qr_payload"])
+        assert response.status_code == 201, response.text
+        splits.append(response.json()["subsidy_amount"])
+    assert splits == [5_000, 2_000, 0]
+    assert await balance(wallet_api, citizen) == 1_000_000 - 30_000 + 7_000
+    stats = await wallet_api.get(f"/v1/admin/programs/{world.program_id}/stats",
+                                 headers=world.admin.headers)
+    assert stats.status_code == 200, stats.text
+    budget = stats.json()["budget"]
+    assert (budget["remaining"], budget["budget_exhausted"]) == (0, True)
