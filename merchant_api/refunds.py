@@ -35,7 +35,7 @@ from gwallet.problems import DomainError, NotFound, problem_responses
 from gwallet.request import RequestBody
 from ledger_core import BatchView, Computed, CreateTransferResult, Effect, Transfer, TransferFlags
 from ledger_core.sql import load_queries
-from merchant_api import keys
+from merchant_api import keys, webhooks
 from subsidy_rules.periods import usage_periods
 from wallet.paying import USAGE, Usage
 
@@ -240,6 +240,16 @@ def _row(c: RefundComputation, results: list[CreateTransferResult]) -> Any:
             p.amount - c.subsidy, c.now)
 
 
+def _event(c: RefundComputation, results: list[CreateTransferResult]) -> Any:
+    """The ``refund.succeeded`` webhook event, written exactly when the refund row is."""
+    if _row(c, results) is None:
+        return None
+    p = c.parties
+    return webhooks.refund_succeeded(
+        refund_id=p.refund_id, payment_id=p.payment_id, merchant_id=p.merchant_id,
+        amount=p.amount, subsidy_amount=c.subsidy, created_at=c.now)
+
+
 class RefundsController(Controller):
     path = "/v1/merchant/payments/{payment_id:str}/refunds"
     tags = ["merchants: refunds"]
@@ -277,6 +287,7 @@ class RefundsController(Controller):
 
         _, results = await state.engine.submit(computation, effects=[
             Effect(REFUND_WRITER, lambda results: _row(computation, results)),
+            Effect(webhooks.EVENT_WRITER, lambda results: _event(computation, results)),
             claim.ledger_effect(respond),
         ])
         if not box or (results and all(r is CreateTransferResult.EXISTS for r in results)):

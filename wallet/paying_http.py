@@ -25,12 +25,13 @@ from gwallet.problems import DomainError, problem_responses
 from gwallet.request import RequestBody
 from ledger_core import CreateTransferResult, Effect
 from ledger_core.sql import load_queries
+from merchant_api import webhooks
 from merchant_api.payment_requests import InvalidQr, Payable, load_payable, parse_payment_request_qr
 from subsidy_rules.decision import ProgramVersion, Refusal, Split, decide_payment
 from subsidy_rules.eligibility import CitizenProfile
 from subsidy_rules.periods import usage_periods
 from subsidy_rules.spec import decode_spec
-from wallet.auth import CITIZEN, AccountLocked, CitizenPrincipal
+from wallet.auth import CITIZEN, AccountLocked, CitizenPrincipal, citizen_guard
 from wallet.paying import (
     USAGE,
     AlreadyPaid,
@@ -316,6 +317,19 @@ def _payment_row(computation: PaymentComputation, results: list[CreateTransferRe
     )
 
 
+def _payment_event(computation: PaymentComputation, results: list[CreateTransferResult]) -> Any:
+    """The ``payment.succeeded`` webhook event, written exactly when the payment row is."""
+    if _payment_row(computation, results) is None:
+        return None
+    outcome, p = computation.outcome, computation.parties
+    split = isinstance(outcome, Split)
+    return webhooks.payment_succeeded(
+        payment_id=p.payment_id, payment_request_id=p.request_id, merchant_id=p.merchant_id,
+        program_id=p.program.program_id if split and p.program else None, amount=p.amount,
+        subsidy_amount=outcome.subsidy_satang if split else 0, created_at=computation.now,
+    )
+
+
 def _respond(computation: PaymentComputation, results: list[CreateTransferResult]) -> Any:
     """The response of a payment, from its computation and the transfers' results."""
     outcome = computation.outcome
@@ -349,6 +363,9 @@ def _respond(computation: PaymentComputation, results: list[CreateTransferResult
 class PaymentsController(Controller):
     path = "/v1/citizen/payments"
     tags = ["citizens: paying"]
+    # The guard authenticates before the idempotency claim is resolved, so that keys are
+    # scoped to the citizen (see wallet.auth.citizen_guard).
+    guards = [citizen_guard]
     dependencies = {"citizen": CITIZEN}
 
     @post("/quote", status_code=200, responses=problem_responses(*PAY_ERRORS))
@@ -422,6 +439,7 @@ class PaymentsController(Controller):
 
         _, results = await state.engine.submit(computation, effects=[
             Effect(PAYMENT_WRITER, lambda results: _payment_row(computation, results)),
+            Effect(webhooks.EVENT_WRITER, lambda results: _payment_event(computation, results)),
             claim.ledger_effect(respond),
         ])
         outcome = respond_box[-1] if respond_box else None
