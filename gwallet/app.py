@@ -42,6 +42,8 @@ from gwallet.admin import ADMIN_CONTROLLERS  # officials' back office (issue 3)
 from subsidy_rules.http import PROGRAM_CONTROLLERS  # officials' back office (issue 3)
 from wallet.paying_http import PaymentsController  # paying by QR (issue 5)
 from merchant_api.refunds import RefundsController  # refunds (issue 5)
+from merchant_api.settlement import settlement_routes  # T+1 settlement (issue 5)
+from merchant_api.webhooks import WebhookEndpointController, webhook_lifespan  # issue 5
 
 _log = logging.getLogger("gwallet.app")
 
@@ -61,11 +63,15 @@ def create_app(
             *ADMIN_CONTROLLERS, *PROGRAM_CONTROLLERS,  # issue 3
             *MERCHANT_ROUTES,  # issue 5
             PaymentsController, RefundsController,  # issue 5: paying by QR, refunds
+            *settlement_routes(settings),  # issue 5: T+1 settlement
+            WebhookEndpointController,  # issue 5: webhooks
             *route_handlers,
         ],
         # wallet_lifespan (issue 4) runs inside _resources: it uses app.state.pool.
         # merchant_lifespan (issue 5) reuses the wallet's personal-data keys: it comes after.
-        lifespan=[_resources(settings), wallet_lifespan(settings), merchant_lifespan(settings)],
+        # webhook_lifespan (issue 5) starts the delivery worker; it uses the wallet's cipher.
+        lifespan=[_resources(settings), wallet_lifespan(settings), merchant_lifespan(settings),
+                  webhook_lifespan(settings)],
         state=State({"settings": settings, "metrics": app_metrics}),
         request_class=StrictRequest,
         request_max_body_size=settings.max_request_body_bytes,

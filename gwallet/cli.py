@@ -7,6 +7,7 @@
     gwallet bank topup --wallet-id wal_... --amount SATANG [--bank-reference R] [--url URL]
     gwallet citizens rekey
     gwallet admin create --username U --role admin|maker|checker|auditor [--password-stdin]
+    gwallet settlement run --date YYYY-MM-DD
 
 Settings come from ``GWALLET_*`` environment variables (README); the options above override
 their namesakes. Without ``GWALLET_DATABASE_URL``/``GWALLET_REDIS_URL`` the embedded servers are
@@ -94,6 +95,15 @@ def _parser() -> argparse.ArgumentParser:
         "rekey", help="re-encrypt personal data and lookup digests under the current keys"
     )
     rekey.set_defaults(run=_citizens_rekey)
+
+    # Settlement (issue 5): cron it at the two leg times; each run pays what is due by then.
+    settlement = commands.add_parser("settlement", help="T+1 settlement of merchants")
+    settlement_commands = settlement.add_subparsers(required=True, metavar="command")
+    settle = settlement_commands.add_parser(
+        "run", help="build the settlement of a business date (once) and pay its due legs"
+    )
+    settle.add_argument("--date", required=True, help="the business date, YYYY-MM-DD")
+    settle.set_defaults(run=_settlement_run)
     return parser
 
 
@@ -332,6 +342,64 @@ def _citizens_rekey(args: argparse.Namespace, settings: Settings) -> int:
 
     print(f"citizens rekeyed: {asyncio.run(run())}")
     return 0
+
+
+def _settlement_run(args: argparse.Namespace, settings: Settings) -> int:
+    """``gwallet settlement run --date D`` (issue 5): prints the run as JSON; exit 1 on a
+    refusal (not a business day, not over, another settlement action running)."""
+    from datetime import date
+
+    from gwallet.migrate import migrate
+    from gwallet.problems import DomainError
+
+    try:
+        business_date = date.fromisoformat(args.date)
+    except ValueError:
+        print("gwallet: --date is a date, YYYY-MM-DD", file=sys.stderr)
+        return 2
+    settings = with_backing_services(settings)
+    assert settings.database_url is not None
+    asyncio.run(migrate(settings.database_url))
+    try:
+        run = asyncio.run(_run_settlement(settings, business_date))
+    except DomainError as exc:
+        print(f"gwallet: {exc.code}: {exc.detail}", file=sys.stderr)
+        return 1
+    print(msgspec.json.format(msgspec.json.encode(run), indent=2).decode())
+    return 0
+
+
+async def _run_settlement(settings: Settings, business_date):  # type: ignore[no-untyped-def]
+    from datetime import UTC, datetime
+
+    import asyncpg
+
+    from gwallet.app import _engine_config
+    from gwallet.keys import load_signing_key
+    from ledger_core import LedgerEngine
+    from merchant_api.settlement import Settler, config_of, run_settlement
+    from wallet.context import build_context
+
+    config = config_of(settings)
+    pii = build_context(settings).keys.pii
+    pool = await asyncpg.create_pool(
+        settings.database_url, min_size=1, max_size=4,
+        command_timeout=settings.db_command_timeout_seconds,
+        timeout=settings.db_connect_timeout_seconds,
+    )
+    assert pool is not None
+    try:
+        engine = LedgerEngine(pool, _engine_config(settings), load_signing_key(settings))
+        await engine.start()
+        try:
+            outcome = await run_settlement(
+                Settler(pool=pool, engine=engine, pii=pii, config=config),
+                business_date, datetime.now(UTC), None)
+        finally:
+            await engine.stop()
+    finally:
+        await pool.close()
+    return outcome.run
 
 
 def _bank_topup(args: argparse.Namespace, settings: Settings) -> int:

@@ -95,6 +95,32 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     # A payment request (dynamic QR) can be paid for this long.
     payment_request_ttl_seconds: int = 300
 
+    # Webhooks (issue 5): merchant_api/webhooks.py.
+    # Merchants delivered to at once by this process's worker; 0: this process delivers none.
+    webhook_delivery_concurrency: int = 8
+    webhook_poll_interval_seconds: float = 1.0  # how often the worker looks for due events
+    webhook_timeout_seconds: float = 10.0  # one attempt, name resolution included
+    # A worker that dies mid-delivery holds the merchant this long; then another resends.
+    webhook_lease_seconds: float = 60.0
+    # Backoff with full jitter: uniform(0, min(max_delay, base * 2^(attempt-1))).
+    webhook_retry_base_seconds: float = 5.0
+    webhook_retry_max_delay_seconds: float = 3600.0
+    # An event is retried at least this long after its first attempt, then given up.
+    webhook_retry_window_seconds: float = 86400.0
+    # Events given up in a row that disable the endpoint (a PUT re-enables it).
+    webhook_disable_after_failed_events: int = 1
+    webhook_allow_http: bool = False  # development and tests only
+    webhook_allow_private_addresses: bool = False  # development and tests only (loopback)
+
+    # Settlement (issue 5): merchant_api/settlement.py.
+    # Public holidays, "YYYY-MM-DD,YYYY-MM-DD,..." (Bangkok dates): not business days.
+    settlement_holidays: str = ""
+    # Bangkok times of the settlement day from which the citizen and state legs are paid.
+    settlement_citizen_leg_time: str = "02:00"
+    settlement_state_leg_time: str = "17:30"
+    # Merchants whose legs one run queues on the ledger at once.
+    settlement_submissions_in_flight: int = 100
+
     # Logging.
     log_level: str = "INFO"
     log_json: bool = True
