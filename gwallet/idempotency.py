@@ -49,7 +49,7 @@ import logging
 import re
 import secrets
 import uuid
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any
@@ -62,7 +62,8 @@ from litestar.params import HeaderParameter
 from redis.asyncio import Redis
 
 from gwallet.problems import PROBLEM_MEDIA_TYPE, DomainError
-from ledger_core.engine import Effect
+from ledger_core.checks import Computation
+from ledger_core.engine import Effect, LedgerEngine
 from ledger_core.model import CreateTransferResult
 from ledger_core.sql import load_queries
 
@@ -251,6 +252,36 @@ class IdempotencyClaim:
             return (self.scope, self.key, self.fingerprint, status, body)
 
         return Effect(writer=_LEDGER_WRITER, make_row=make_row)
+
+    async def submit_computation(
+        self,
+        engine: LedgerEngine,
+        db: asyncpg.Pool,
+        computation: Computation,
+        respond: Callable[[list[CreateTransferResult]], Outcome],
+        effects: Sequence[Effect] = (),
+    ) -> Response[Any]:
+        """Commit a ledger computation with its effects and this key's answer in one batch.
+
+        ``respond`` turns the batch's results into the answer (a success, or a refusal that is
+        stored too). Returns this request's own success; a refusal, or the answer of a
+        concurrent duplicate of this very request that committed first, is read back as
+        stored, so every caller with the key gets the same answer.
+        """
+        answers: list[Outcome] = []
+
+        def answer(results: list[CreateTransferResult]) -> Outcome:
+            answers.append(respond(results))
+            return answers[-1]
+
+        _, results = await engine.submit(
+            computation, effects=[*effects, self.ledger_effect(answer)]
+        )
+        duplicate = bool(results) and all(r is CreateTransferResult.EXISTS for r in results)
+        if not answers or duplicate or isinstance(answers[-1], DomainError):
+            return await self.stored_response(db)
+        status, content = answers[-1]
+        return Response(content, status_code=status)
 
     async def stored_response(self, db: asyncpg.Pool | asyncpg.Connection) -> Response[bytes]:
         """The response recorded for this key (after ``ledger_effect`` committed)."""

@@ -29,8 +29,8 @@ from litestar.datastructures import State
 from litestar.di import NamedDependency
 from litestar.params import JSONBody
 
-from gwallet.ids import format_id, parse_id
 from gwallet.idempotency import IDEMPOTENCY_ERRORS, IDEMPOTENT, IdempotencyClaim
+from gwallet.ids import format_id, parse_id
 from gwallet.problems import DomainError, NotFound, problem_responses
 from gwallet.request import RequestBody
 from ledger_core import BatchView, Computed, CreateTransferResult, Effect, Transfer, TransferFlags
@@ -279,23 +279,11 @@ class RefundsController(Controller):
             state_payable_account_id=row["state_payable_account_id"],
             budget_account_id=row["budget_account_id"],
         ), state.merchants.clock())
-        box: list[Any] = []
-
-        def respond(results: list[CreateTransferResult]) -> Any:
-            box.append(_outcome(computation, results))
-            return box[-1]
-
-        _, results = await state.engine.submit(computation, effects=[
-            Effect(REFUND_WRITER, lambda results: _row(computation, results)),
-            Effect(webhooks.EVENT_WRITER, lambda results: _event(computation, results)),
-            claim.ledger_effect(respond),
-        ])
-        if not box or (results and all(r is CreateTransferResult.EXISTS for r in results)):
-            return await claim.stored_response(state.pool)
-        outcome = box[-1]
-        if isinstance(outcome, DomainError):
-            # Stored as this key's answer, unless a concurrent duplicate of this very
-            # request committed first (then its answer is the one to give).
-            return await claim.stored_response(state.pool)
-        status, body = outcome
-        return Response(body, status_code=status)
+        return await claim.submit_computation(
+            state.engine, state.pool, computation,
+            lambda results: _outcome(computation, results),
+            effects=[
+                Effect(REFUND_WRITER, lambda results: _row(computation, results)),
+                Effect(webhooks.EVENT_WRITER, lambda results: _event(computation, results)),
+            ],
+        )

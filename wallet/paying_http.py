@@ -431,23 +431,12 @@ class PaymentsController(Controller):
             ),
             now,
         )
-        respond_box: list[Any] = []
-
-        def respond(results: list[CreateTransferResult]) -> Any:
-            respond_box.append(_respond(computation, results))
-            return respond_box[-1]
-
-        _, results = await state.engine.submit(computation, effects=[
-            Effect(PAYMENT_WRITER, lambda results: _payment_row(computation, results)),
-            Effect(webhooks.EVENT_WRITER, lambda results: _payment_event(computation, results)),
-            claim.ledger_effect(respond),
-        ])
-        outcome = respond_box[-1] if respond_box else None
-        if outcome is None or results and all(r is CreateTransferResult.EXISTS for r in results):
-            return await claim.stored_response(state.pool)  # a concurrent duplicate won
-        if isinstance(outcome, DomainError):
-            # Stored as this key's answer, unless a concurrent duplicate of this very
-            # request committed first (then its answer is the one to give).
-            return await claim.stored_response(state.pool)
-        status, body = outcome
-        return Response(body, status_code=status)
+        return await claim.submit_computation(
+            state.engine, state.pool, computation,
+            lambda results: _respond(computation, results),
+            effects=[
+                Effect(PAYMENT_WRITER, lambda results: _payment_row(computation, results)),
+                Effect(webhooks.EVENT_WRITER,
+                       lambda results: _payment_event(computation, results)),
+            ],
+        )
