@@ -68,6 +68,15 @@ class RefundNotCovered(DomainError):
     title = "Refund exceeds the merchant's unsettled balance"
 
 
+class RefundAccountClosed(DomainError):
+    """An account the refund would move money between (the citizen's wallet or the shop's
+    payable) is closed in the ledger."""
+
+    status = 409
+    code = "refund_account_closed"
+    title = "Refund account closed"
+
+
 class RefundIn(RequestBody):
     amount: Annotated[int, msgspec.Meta(gt=0, le=10**12)]
 
@@ -222,6 +231,9 @@ def _outcome(c: RefundComputation, results: list[CreateTransferResult]) -> Any:
         return c.refused
     if CreateTransferResult.EXCEEDS_CREDITS in results:
         return RefundNotCovered("the merchant's unsettled balance does not cover this refund")
+    if (CreateTransferResult.DEBIT_ACCOUNT_ALREADY_CLOSED in results
+            or CreateTransferResult.CREDIT_ACCOUNT_ALREADY_CLOSED in results):
+        return RefundAccountClosed("the citizen's wallet or the shop's account is closed")
     if not results or not all(r.succeeded for r in results):
         raise AssertionError(f"unexpected ledger results for a refund: {results}")
     p = c.parties
@@ -257,6 +269,7 @@ class RefundsController(Controller):
 
     @post("/", dependencies={"claim": IDEMPOTENT}, status_code=201,
           responses=problem_responses(NotFound, RefundExceedsPayment, RefundNotCovered,
+                                      RefundAccountClosed,
                                       *IDEMPOTENCY_ERRORS))
     async def refund(
         self, payment_id: str, data: JSONBody[RefundIn], request: Request[Any, Any, Any],

@@ -15,7 +15,10 @@ import httpx
 import pytest
 
 from gwallet.ids import parse_id
+from ledger_core.accounts import close_account
 from subsidy_rules.periods import bangkok
+from wallet import enrolment
+from wallet.paying import RightForfeitedWhilePaying, Usage, UsageStore
 from tests.backoffice import Official, approved_program, fund, lifecycle, new_official
 from tests.test_merchants import approved
 from tests.wallet_helpers import Citizen, problem, program_spec, signed_in, top_up
@@ -164,6 +167,39 @@ async def test_a_wrong_pin_or_an_empty_wallet_moves_nothing(
     assert status.json()["status"] == "open"
 
 
+async def test_a_closed_wallet_or_merchant_account_is_a_422_and_moves_nothing(
+    wallet_api: httpx.AsyncClient, pool: asyncpg.Pool,
+) -> None:
+    world = await make_world(wallet_api, pool)
+    citizen = await world.citizen(money=100_000)
+    earlier = await pay(wallet_api, citizen, (await world.payment_request(2_000))["qr_payload"])
+    assert earlier.status_code == 201, earlier.text
+    request = await world.payment_request(10_000)
+    wallet_id = await pool.fetchval("SELECT wallet_account_id FROM citizens WHERE id = $1",
+                                    parse_id("cit", citizen.citizen_id))
+    assert await close_account(pool, wallet_id)
+    closed = await pay(wallet_api, citizen, request["qr_payload"])
+    assert closed.status_code == 422 and problem(closed)["code"] == "wallet_closed", closed.text
+    refund = await wallet_api.post(
+        f"/v1/merchant/payments/{earlier.json()['payment_id']}/refunds", json={"amount": 2_000},
+        headers={**world.merchant_headers, **key()})
+    assert refund.status_code == 409 and problem(refund)["code"] == "refund_account_closed"
+
+    other = await world.citizen(money=100_000)
+    payable = await pool.fetchval(
+        "SELECT citizen_payable_account_id FROM merchants WHERE id = $1",
+        parse_id("mer", world.merchant_id))
+    assert await close_account(pool, payable)
+    shop_closed = await pay(wallet_api, other, request["qr_payload"])
+    assert shop_closed.status_code == 422, shop_closed.text
+    assert problem(shop_closed)["code"] == "merchant_unavailable"
+    assert await balance(wallet_api, other) == 100_000
+    status = await wallet_api.get(
+        f"/v1/merchant/payment-requests/{request['payment_request_id']}",
+        headers=world.merchant_headers)
+    assert status.json()["status"] == "open"
+
+
 @pytest.mark.parametrize("body", [
     {"qr_payload": "not a qr", "pin": "123456"},
     {"qr_payload": "", "pin": "123456"},
@@ -236,6 +272,11 @@ async def test_two_hundred_concurrent_payments_by_one_citizen_get_exactly_the_da
     subsidies = [r.json()["subsidy_amount"] for r in responses]
     assert sum(subsidies) == 20_000
     assert await balance(wallet_api, citizen) == 10_000_000 - 200 * 10_000 + 20_000
+    # The wallet shows the counters the caps were enforced with.
+    wallet = await wallet_api.get("/v1/citizen/wallet", headers=citizen.headers)
+    [shown] = wallet.json()["programs"]
+    assert (shown["used_today"], shown["remaining_today"], shown["used_total"]) == (
+        20_000, 0, 20_000)
 
 
 async def test_refunds_split_like_the_payment_restore_the_caps_and_never_exceed_it(
@@ -322,3 +363,48 @@ async def test_when_the_budget_runs_out_payments_go_on_without_subsidy_and_offic
     assert stats.status_code == 200, stats.text
     budget = stats.json()["budget"]
     assert (budget["remaining"], budget["budget_exhausted"]) == (0, True)
+
+
+async def test_a_right_unused_by_its_deadline_pays_no_more_and_is_released_only_after_the_grace(
+    wallet_api: httpx.AsyncClient, pool: asyncpg.Pool,
+) -> None:
+    """A payment racing the forfeiture of its right at the deadline: the right stops paying at
+    the deadline, its place returns to the quota only after FORFEIT_GRACE (by when any payment
+    decided before the deadline has committed and counts as a use), and a batch that would
+    still mark a right forfeited meanwhile fails rather than subsidise it."""
+    world = await make_world(wallet_api, pool)
+    program_id = parse_id("prg", world.program_id)
+    lapsing, used = await world.citizen(), await world.citizen()
+    ids = {name: parse_id("cit", c.citizen_id) for name, c in (("lapsing", lapsing),
+                                                                ("used", used))}
+    paid = await pay(wallet_api, used, (await world.payment_request(2_000))["qr_payload"])
+    assert paid.status_code == 201 and paid.json()["subsidy_amount"] == 1_000
+    await pool.execute(
+        "UPDATE enrolments SET first_use_deadline = now() - interval '1 second' "
+        "WHERE program_id = $1 AND citizen_id = ANY($2::uuid[])", program_id, list(ids.values()))
+
+    late = await pay(wallet_api, lapsing, (await world.payment_request(2_000))["qr_payload"])
+    assert late.status_code == 201 and late.json()["subsidy_amount"] == 0, late.text
+    named = await pay(wallet_api, lapsing, (await world.payment_request(2_000))["qr_payload"],
+                      program_id=world.program_id)
+    assert named.status_code == 422 and problem(named)["code"] == "program_not_applicable"
+    again = await pay(wallet_api, used, (await world.payment_request(2_000))["qr_payload"])
+    assert again.json()["subsidy_amount"] == 1_000  # a used right keeps paying
+
+    now = datetime.now(UTC)
+    assert await enrolment.release_forfeited(pool, program_id, now) == 0  # within the grace
+    assert await enrolment.release_forfeited(
+        pool, program_id, now + enrolment.FORFEIT_GRACE + timedelta(seconds=2)) == 1
+    statuses = dict(await pool.fetch(
+        "SELECT citizen_id, status FROM enrolments WHERE program_id = $1", program_id))
+    assert (statuses[ids["lapsing"]], statuses[ids["used"]]) == ("forfeited", "active")
+
+    # A batch that would mark the forfeited right as used (a payment slower than the grace)
+    # fails: nothing of it is written.
+    async with pool.acquire() as conn:
+        with pytest.raises(RightForfeitedWhilePaying):
+            async with conn.transaction():
+                await UsageStore().write(conn, {(ids["lapsing"], program_id): Usage(
+                    now.date(), 1_000, now.date().replace(day=1), 1_000, 1_000, 1, now)})
+    assert await pool.fetchval(
+        "SELECT count(*) FROM subsidy_usage WHERE citizen_id = $1", ids["lapsing"]) == 0

@@ -175,7 +175,7 @@ async def test_forfeited_rights_return_to_the_quota(
     # The first-use deadline of the first right passes unused.
     first_id = parse_id("cit", first.citizen_id)
     await pool.execute(
-        "UPDATE enrolments SET first_use_deadline = now() - interval '1 second' "
+        "UPDATE enrolments SET first_use_deadline = now() - interval '5 minutes 1 second' "
         "WHERE program_id = $1 AND citizen_id = $2",
         program_id, first_id,
     )
@@ -210,7 +210,7 @@ async def test_the_periodic_release_agrees_with_is_forfeited_and_clears_the_full
     for row in rows:
         assert row["first_use_deadline"] == first_use_deadline(row["enrolled_at"], version)
     used, unused, paid = rows[0]["id"], rows[1]["id"], rows[2]["id"]
-    later = max(r["first_use_deadline"] for r in rows) + timedelta(seconds=1)
+    later = max(r["first_use_deadline"] for r in rows) + enrolment.FORFEIT_GRACE + timedelta(seconds=1)
     await pool.execute("UPDATE enrolments SET first_used_at = enrolled_at WHERE id = $1", used)
     # A payment with the program before the deadline is a use too, even if the payment path
     # did not mark the enrolment.
@@ -248,28 +248,36 @@ async def test_the_wallet_shows_what_is_left_of_each_enrolled_program(
     now = datetime.now(UTC)
     today = bangkok(now).date()
     citizen_id = parse_id("cit", citizen.citizen_id)
-    for business_date, subsidy, refunded in (
-        (today, 15_000, 0), (today, 3_000, 1_000), (today - timedelta(days=40), 50_000, 0),
-    ):
-        await pool.execute(
-            "INSERT INTO payments (id, payment_request_id, citizen_id, merchant_id, program_id, "
-            "program_version, amount, subsidy_amount, citizen_amount, refunded_amount, "
-            "refunded_subsidy_amount, merchant_category, merchant_province_code, "
-            "merchant_district_code, citizen_province_code, citizen_district_code, "
-            "business_date, created_at) VALUES ($1, $2, $3, $4, $5, 1, $6, $7, $7, $8, $9, "
-            "'grocery', '10', '1001', '10', '1001', $10, $11)",
-            uuid.uuid4(), uuid.uuid4(), citizen_id, uuid.uuid4(), program_id, subsidy * 2,
-            subsidy, refunded * 2, refunded, business_date, now,
-        )
-    wallet = (await wallet_api.get("/v1/citizen/wallet", headers=citizen.headers)).json()
-    [program] = wallet["programs"]
+    usage = ("INSERT INTO subsidy_usage (citizen_id, program_id, day, used_day, month, "
+             "used_month, used_total, payments, updated_at) VALUES ($1, $2, $3, $4, $5, $6, $7, "
+             "3, $8) ON CONFLICT (citizen_id, program_id) DO UPDATE SET day = $3, used_day = $4, "
+             "month = $5, used_month = $6, used_total = $7")
+    # The counters the payment path enforces the caps with: 17,000 today, 47,000 this month.
+    await pool.execute(usage, citizen_id, program_id, today, 17_000, today.replace(day=1),
+                       47_000, 67_000, now)
+
+    async def shown() -> dict:
+        wallet = (await wallet_api.get("/v1/citizen/wallet", headers=citizen.headers)).json()
+        [program] = wallet["programs"]
+        return program
+
+    program = await shown()
     assert program["program_id"] == format_id("prg", program_id)
     assert (program["daily_cap"], program["monthly_cap"], program["total_cap"]) == (20_000, 100_000, 240_000)
-    assert (program["used_today"], program["used_total"]) == (17_000, 67_000)
+    assert (program["used_today"], program["used_this_month"], program["used_total"]) == (
+        17_000, 47_000, 67_000)
     assert program["remaining_today"] == 3_000
-    month_used = 17_000 + (50_000 if today - timedelta(days=40) >= today.replace(day=1) else 0)
-    assert program["remaining_this_month"] == 100_000 - month_used
+    assert program["remaining_this_month"] == 100_000 - 47_000
     assert program["remaining_total"] == 240_000 - 67_000
+
+    # Counters last written on an earlier day (and month) have used nothing of today's.
+    last_month = today.replace(day=1) - timedelta(days=1)
+    await pool.execute(usage, citizen_id, program_id, last_month, 17_000,
+                       last_month.replace(day=1), 47_000, 67_000, now)
+    program = await shown()
+    assert (program["used_today"], program["used_this_month"], program["used_total"]) == (
+        0, 0, 67_000)
+    assert (program["remaining_today"], program["remaining_this_month"]) == (20_000, 100_000)
 
 
 # --- concurrency ---------------------------------------------------------------------------

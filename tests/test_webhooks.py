@@ -22,7 +22,7 @@ import time
 from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -292,20 +292,34 @@ async def served(app: Any) -> AsyncIterator[str]:
 # --- the journey --------------------------------------------------------------------------
 
 
-async def test_a_payment_and_its_refund_reach_the_merchant_signed_and_verified_by_the_service_worker(
+async def test_the_whole_journey_from_a_new_program_to_a_settled_payment_and_a_clean_ledger(
     hooks_database: str, redis_url: str, service_data_dir: Path, hooks_pool: asyncpg.Pool,
     receiver: Receiver,
 ) -> None:
-    # An app as in production: its lifespan runs the delivery worker.
+    """Issue 5's journey in one test, over real HTTP to an app that runs as in production
+    (its lifespan runs the delivery worker): (1) an official creates, approves, funds and
+    activates a half-half program (make_world); (2) a merchant applies and is approved; (3) a
+    citizen registers, tops up and enrols; (4) the merchant creates a payment request; (5) the
+    citizen quotes and pays; (6) the webhook arrives and verifies with standardwebhooks;
+    (7) the payment is refunded; (8) settlement runs; (9) ledger verify is clean."""
     settings = hooks_settings_for(hooks_database, redis_url, service_data_dir,
                                   webhook_delivery_concurrency=4)
     async with served(create_app(settings)) as url, httpx.AsyncClient(
             base_url=url, timeout=30) as api:
-        world = await make_world(api, hooks_pool)
-        merchant = await merchant_with_endpoint(api, world, receiver)
+        world = await make_world(api, hooks_pool)  # (1)
+        merchant = await merchant_with_endpoint(api, world, receiver)  # (2)
         assert merchant.secret.startswith("whsec_")
-        citizen = await world.citizen(money=100_000)
-        payment = await paid(api, world, citizen, merchant, 30_000)
+        citizen = await world.citizen(money=100_000)  # (3)
+        request = await world.payment_request(30_000, headers=merchant.headers)  # (4)
+        quote = await api.post("/v1/citizen/payments/quote",  # (5)
+                               json={"qr_payload": request["qr_payload"]},
+                               headers=citizen.headers)
+        assert quote.status_code == 200, quote.text
+        assert [(line["program_id"], line["subsidy_amount"], line["citizen_amount"])
+                for line in quote.json()["programs"]] == [(world.program_id, 15_000, 15_000)]
+        response = await pay(api, citizen, request["qr_payload"])
+        assert response.status_code == 201, response.text
+        payment = response.json()
 
         first = (await eventually(lambda: receiver.at(merchant.path)))[0]
         event = Webhook(merchant.secret).verify(first.body, first.headers)
@@ -341,6 +355,34 @@ async def test_a_payment_and_its_refund_reach_the_merchant_signed_and_verified_b
             "failure_count": 0}
         await eventually(lambda: _delivered_all(hooks_pool, merchant))
         assert len(receiver.at(merchant.path)) == 2  # each once
+
+        # (8) T+1 settlement of the sale's business date, in two legs net of the refund. The
+        # sale is dated a long-past Monday (a run settles its date once the date is over), a
+        # date no other sale of this module's database has.
+        day = date(2001, 5, 7)
+        await hooks_pool.execute(
+            "UPDATE payments SET business_date = $2, created_at = $3 WHERE id = $1",
+            parse_id("pay", payment["payment_id"]), day,
+            datetime.combine(day, datetime.min.time(), tzinfo=UTC) + timedelta(hours=5))
+        run = await api.post("/v1/admin/settlements/runs",
+                             json={"business_date": day.isoformat()}, headers=world.admin.headers)
+        assert run.status_code == 201, run.text
+        assert (run.json()["covered_dates"], run.json()["settlement_date"]) == (
+            ["2001-05-05", "2001-05-06", "2001-05-07"], "2001-05-08")  # Monday carries Sat, Sun
+        legs = await api.get("/v1/merchant/settlements", headers=merchant.headers)
+        assert legs.status_code == 200, legs.text
+        assert sorted((leg["leg"], leg["amount"], leg["status"]) for leg in legs.json()["data"]
+                      ) == [("citizen_share", 10_000, "paid"), ("state_share", 10_000, "paid")]
+        settled = await eventually(lambda: receiver.at(merchant.path)[2:4]
+                                   if len(receiver.at(merchant.path)) >= 4 else None)
+        events = [Webhook(merchant.secret).verify(r.body, r.headers) for r in settled]
+        assert [e["type"] for e in events] == ["settlement.paid"] * 2
+        assert sum(e["data"]["amount"] for e in events) == 20_000
+
+        # (9) the ledger: balanced, every invariant holds, the signed hash chain intact.
+        verify = await api.get("/v1/admin/ledger/verify", headers=world.admin.headers)
+        assert verify.status_code == 200, verify.text
+        assert verify.json()["ok"] is True, verify.json()
 
 
 async def _delivered_all(pool: asyncpg.Pool, merchant: Merchant) -> bool:

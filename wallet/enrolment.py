@@ -39,7 +39,7 @@ import logging
 import time
 import uuid
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -64,6 +64,14 @@ Q = load_queries(Path(__file__).with_name("queries_enrolment.sql"))
 
 PROGRAM_CACHE_SECONDS = 1.0  # a program's status and version in force, per process
 RELEASE_BATCH_ROWS = 10_000
+# A right unused by its first-use deadline stops paying at the deadline (the payment path
+# ignores it from then on), but its place returns to the quota only this much later. A payment
+# decided just before the deadline is still on its way to the ledger for a few seconds at
+# most (the request timeout, the batch's retries); releasing only after the grace means such
+# a payment, once committed, is always seen by the release's "used before the deadline" test,
+# so no right is both paid with and given back. The payment's batch also refuses to mark a
+# right that was forfeited (``wallet.paying.UsageStore``), should a payment ever take longer.
+FORFEIT_GRACE = timedelta(minutes=5)
 _ADVISORY_CLASS = 0x656E726C  # "enrl": the forfeiture release of one program
 _HIDDEN_STATUSES = frozenset({"draft", "submitted"})
 
@@ -452,7 +460,8 @@ async def _insert(
 async def release_forfeited(
     pool: asyncpg.Pool, program_id: uuid.UUID, now: datetime, redis: Redis | None = None
 ) -> int:
-    """Forfeit the program's rights unused by their deadline and give their places back.
+    """Forfeit the program's rights unused by their deadline (once past ``FORFEIT_GRACE``)
+    and give their places back.
 
     One releaser per program at a time (a transaction-scoped advisory lock; the others
     return 0 at once). Returns how many rights were released.
@@ -463,7 +472,9 @@ async def release_forfeited(
         )
         if not locked:
             return 0
-        released = await conn.fetchval(Q["release_forfeited"], program_id, now, RELEASE_BATCH_ROWS)
+        released = await conn.fetchval(
+            Q["release_forfeited"], program_id, now, RELEASE_BATCH_ROWS, now - FORFEIT_GRACE
+        )
     if released:
         _full_until.pop(program_id, None)
         _log.info("forfeited rights released", extra={"program_id": str(program_id), "released": released})
@@ -478,7 +489,7 @@ def _lock_id(program_id: uuid.UUID) -> int:
 async def release_all_forfeited(pool: asyncpg.Pool, now: datetime, redis: Redis | None) -> int:
     """The periodic job: every program with counted enrolments."""
     total = 0
-    for row in await pool.fetch(Q["programs_with_lapsed_rights"], now):
+    for row in await pool.fetch(Q["programs_with_lapsed_rights"], now - FORFEIT_GRACE):
         total += await release_forfeited(pool, row["program_id"], now, redis)
     return total
 
@@ -596,9 +607,8 @@ async def remaining_by_program(
 ) -> list[dict[str, Any]]:
     """Per active enrolment: the caps of the version in force and what is left of them.
 
-    Usage is the subsidy received, net of refunds, summed from ``payments`` (0003) for the
-    Bangkok day and month of ``now`` and in total. The payments issue will switch this to
-    the usage counters that enforce the caps on its hot path (same numbers, cheaper).
+    Usage is read from ``subsidy_usage`` (0007), the counters that enforce the caps on the
+    payment path, so what the citizen is shown is what the next payment will be held to.
     """
     enrolments = await pool.fetch(Q["active_enrolments"], citizen_id)
     if not enrolments:

@@ -86,6 +86,10 @@ def no_usage(now: datetime) -> Usage:
     return Usage(day, 0, month, 0, 0, 0, None)
 
 
+class RightForfeitedWhilePaying(RuntimeError):
+    """See ``UsageStore.write``."""
+
+
 class UsageStore:
     """``subsidy_usage`` rows keyed by (citizen_id, program_id); guarded by the wallet lock."""
 
@@ -112,8 +116,15 @@ class UsageStore:
         )
         first = [k for k in keys if rows[k].payments == 1]
         if first:  # the enrolment's right is used now: it can no longer be forfeited
-            await conn.execute(Q["mark_enrolments_used"], [k[0] for k in first],
-                               [k[1] for k in first], [rows[k].first_used_at for k in first])
+            forfeited = await conn.fetchval(
+                Q["mark_enrolments_used"], [k[0] for k in first], [k[1] for k in first],
+                [rows[k].first_used_at for k in first])
+            if forfeited:
+                # A payment decided before the deadline reached the ledger after the right was
+                # released (beyond wallet.enrolment.FORFEIT_GRACE): paying it would subsidise
+                # a place already back in the quota. The batch fails (503, nothing moved); a
+                # retry reads the right as forfeited and pays without subsidy.
+                raise RightForfeitedWhilePaying(f"{forfeited} enrolment(s) forfeited meanwhile")
 
 
 class RequestState(msgspec.Struct, frozen=True):

@@ -131,10 +131,18 @@ class InsufficientFunds(DomainError):
     title = "Insufficient funds"
 
 
+class WalletClosed(DomainError):
+    """The citizen's wallet account is closed in the ledger: it pays nothing more."""
+
+    status = 422
+    code = "wallet_closed"
+    title = "Wallet closed"
+
+
 PAY_ERRORS = (
     InvalidQr, PaymentRequestNotFound, PaymentRequestAlreadyPaid, PaymentRequestExpired,
     PaymentRequestCancelled, AmountMismatch, MerchantUnavailable, InvalidPin, AccountLocked,
-    ProgramNotApplicable, ProgramRefused, InsufficientFunds, *IDEMPOTENCY_ERRORS,
+    ProgramNotApplicable, ProgramRefused, InsufficientFunds, WalletClosed, *IDEMPOTENCY_ERRORS,
 )
 
 
@@ -344,7 +352,14 @@ def _respond(computation: PaymentComputation, results: list[CreateTransferResult
         return ProgramRefused(f"{outcome.reason}: {outcome.detail}")
     if CreateTransferResult.EXCEEDS_CREDITS in results:
         return InsufficientFunds("top up the wallet, then pay again with a new Idempotency-Key")
+    if CreateTransferResult.DEBIT_ACCOUNT_ALREADY_CLOSED in results:
+        return WalletClosed("this wallet is closed and cannot pay")
+    if CreateTransferResult.CREDIT_ACCOUNT_ALREADY_CLOSED in results:
+        return MerchantUnavailable("the shop's accounts are closed: it cannot be paid")
     if not results or not all(r.succeeded for r in results):
+        # Any other refusal means the computation built transfers the ledger cannot take: a
+        # defect, not the citizen's doing. It fails the submission (503 ledger_unavailable,
+        # nothing moved, the key not stored so a retry may succeed) and is logged.
         raise AssertionError(f"unexpected ledger results for a payment: {results}")
     subsidy = outcome.subsidy_satang if isinstance(outcome, Split) else 0
     return (201, PaymentOut(

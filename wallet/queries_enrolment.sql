@@ -56,14 +56,15 @@ LEFT JOIN inserted i ON true;
 SELECT pg_try_advisory_xact_lock($1::integer, $2::integer);
 
 -- name: release_forfeited
--- Rights of program $1 unused by their deadline ($2: now) are forfeited, at most $3; the
+-- Rights of program $1 unused by their deadline, for deadlines up to $4 (now less the grace:
+-- see wallet/enrolment.py FORFEIT_GRACE), are forfeited at $2 (now), at most $3; the
 -- counter gives their places back. Returns how many. "Used" is first_used_at, or any
 -- payment with the program before the deadline (payments, 0003), whichever the payment
 -- path records.
 WITH lapsed AS (
     SELECT e.id FROM enrolments e
     WHERE e.program_id = $1 AND e.status = 'active' AND e.first_used_at IS NULL
-      AND e.first_use_deadline <= $2
+      AND e.first_use_deadline <= $4
       AND NOT EXISTS (
           SELECT 1 FROM payments p
           WHERE p.citizen_id = e.citizen_id AND p.program_id = e.program_id
@@ -113,14 +114,12 @@ WHERE citizen_id = $1 AND status = 'active'
 ORDER BY enrolled_at, id;
 
 -- name: subsidy_used
--- Subsidy received net of refunds per program: on Bangkok day $3, in the month from $4, and
--- in total (payments of migration 0003).
+-- Subsidy used per program: on Bangkok day $3, in the month from $4, and in total, from the
+-- very counters that enforce the caps on the payment path (subsidy_usage, 0007; refunds give
+-- back to them). A row last written on another day or month has used 0 of this one.
 SELECT program_id,
-       coalesce(sum(subsidy_amount - refunded_subsidy_amount)
-                FILTER (WHERE business_date = $3), 0)::bigint AS today,
-       coalesce(sum(subsidy_amount - refunded_subsidy_amount)
-                FILTER (WHERE business_date >= $4), 0)::bigint AS this_month,
-       coalesce(sum(subsidy_amount - refunded_subsidy_amount), 0)::bigint AS total
-FROM payments
-WHERE citizen_id = $1 AND program_id = ANY($2::uuid[])
-GROUP BY program_id;
+       CASE WHEN day = $3 THEN used_day ELSE 0 END AS today,
+       CASE WHEN month = $4 THEN used_month ELSE 0 END AS this_month,
+       used_total AS total
+FROM subsidy_usage
+WHERE citizen_id = $1 AND program_id = ANY($2::uuid[]);

@@ -41,6 +41,8 @@ SELECT c.birth_date, c.nationality, c.province_code, c.district_code, c.taxpayer
        v.version, v.spec::text AS spec, v.content_hash
 FROM citizens c
 LEFT JOIN enrolments e ON e.citizen_id = c.id AND e.status = 'active'
+    -- a right unused by its first-use deadline pays no more, even before it is released
+    AND (e.first_used_at IS NOT NULL OR e.first_use_deadline IS NULL OR e.first_use_deadline > $2)
 LEFT JOIN programs p ON p.id = e.program_id AND p.status = 'active'
 LEFT JOIN LATERAL (
     SELECT pv.version, pv.spec, pv.content_hash
@@ -75,7 +77,19 @@ LEFT JOIN programs g ON g.id = p.program_id
 WHERE p.id = $1 AND p.merchant_id = $2
 
 -- name: mark_enrolments_used
-UPDATE enrolments AS e
-SET first_used_at = u.first_used_at
-FROM unnest($1::uuid[], $2::uuid[], $3::timestamptz[]) AS u (citizen_id, program_id, first_used_at)
-WHERE e.citizen_id = u.citizen_id AND e.program_id = u.program_id AND e.first_used_at IS NULL
+-- The first payment with a right marks it used. Returns how many of the rights were
+-- forfeited unused meanwhile (not marked): wallet.paying.UsageStore fails the batch then.
+WITH marked AS (
+    UPDATE enrolments AS e
+    SET first_used_at = u.first_used_at
+    FROM unnest($1::uuid[], $2::uuid[], $3::timestamptz[])
+        AS u (citizen_id, program_id, first_used_at)
+    WHERE e.citizen_id = u.citizen_id AND e.program_id = u.program_id
+      AND e.first_used_at IS NULL AND e.status = 'active'
+    RETURNING e.id
+)
+SELECT count(*) FROM enrolments e
+JOIN unnest($1::uuid[], $2::uuid[]) AS u (citizen_id, program_id)
+    ON e.citizen_id = u.citizen_id AND e.program_id = u.program_id
+WHERE e.status = 'forfeited' AND e.first_used_at IS NULL
+  AND e.id NOT IN (SELECT id FROM marked)
