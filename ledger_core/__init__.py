@@ -40,6 +40,7 @@ from ledger_core.model import (
     Transfer,
     TransferFlags,
     new_id,
+    time_ordered_id,
 )
 from ledger_core.verify import VerifyReport, verify_ledger
 
@@ -67,5 +68,6 @@ __all__ = [
     "close_account",
     "create_accounts",
     "new_id",
+    "time_ordered_id",
     "verify_ledger",
 ]

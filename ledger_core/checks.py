@@ -185,7 +185,12 @@ def decide_batch(
             chain_results, index = _decide_chain(chain, state, decision, batch_id, now, index)
             results.extend(chain_results)
             start = end + 1
-        if computed is not None and computed.rows and all(r.succeeded for r in results):
+        # A computation's rows change with its transfers: when they all succeed, and not when
+        # they all already existed (a replay of a committed computation, e.g. a retry whose
+        # first attempt committed: its rows changed then, once).
+        replay = bool(results) and all(r is R.EXISTS for r in results)
+        if (computed is not None and computed.rows and not replay
+                and all(r.succeeded for r in results)):
             state.rows.update(computed.rows)
             decision.changed_rows.update(computed.rows)
         decision.results.append(results)

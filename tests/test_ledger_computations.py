@@ -192,3 +192,30 @@ async def test_a_row_conflict_runs_the_batch_again_and_commits_it_once(
     assert await pool.fetchval("SELECT used FROM test_usage WHERE citizen = $1", wallet.id) == 500
     assert await pool.fetchval(
         "SELECT debits_posted FROM ledger_accounts WHERE id = $1", wallet.id) == 500
+
+
+async def test_a_computation_replayed_after_it_committed_changes_its_rows_once(
+    pool: asyncpg.Pool, usage_store: UsageStore,
+) -> None:
+    """A retry of a committed computation (same transfer ids) finds its transfers existing:
+    the ledger moves nothing more, and its rows must not change a second time either (a
+    refund retried after its first attempt committed would otherwise count twice)."""
+    wallet, budget, bank, shop = (account(limited=True), account(limited=True, shared=True),
+                                  account(), account(shared=True))
+    await make_accounts(pool, wallet, budget, bank, shop)
+    async with running_engine(pool) as engine:
+        await engine.create_transfers([transfer(bank, wallet, 100_000),
+                                       transfer(bank, budget, 100_000)])
+        first = Payment(usage_store, wallet.id, budget.id, shop.id, 10_000, 1_000_000)
+        _, results = await engine.submit(first)
+        assert set(results) == {R.OK}
+        # The same payment again, as a retry computes it: used is now 5,000, and a cap of
+        # 10,000 still leaves the same subsidy, so the same transfers: they exist.
+        again = Payment(usage_store, wallet.id, budget.id, shop.id, 10_000, 1_000_000)
+        again.ids = first.ids
+        _, results = await engine.submit(again)
+        assert set(results) == {R.EXISTS}
+    assert await pool.fetchval("SELECT used FROM test_usage WHERE citizen = $1",
+                               wallet.id) == 5_000
+    report = await verify_ledger(pool, SIGNING_KEY.public_key())
+    assert report.ok, report.failures[:3]

@@ -249,7 +249,7 @@ async def test_one_payment_request_paid_concurrently_a_hundred_times_is_paid_onc
         pay(wallet_api, citizens[i % 4], request["qr_payload"]) for i in range(100)))
     codes = sorted(r.status_code for r in responses)
     assert codes.count(201) == 1, [r.text for r in responses if r.status_code >= 500]
-    assert all(r.status_code in (201, 409) for r in responses)
+    assert all(r.status_code in (201, 409) for r in responses), [r.text for r in responses if r.status_code not in (201, 409)][:3]
     assert await pool.fetchval(
         "SELECT count(*) FROM payments WHERE merchant_id = (SELECT merchant_id FROM "
         "payment_requests WHERE qr_payload = $1)", request["qr_payload"]) == 1
@@ -408,3 +408,40 @@ async def test_a_right_unused_by_its_deadline_pays_no_more_and_is_released_only_
                     now.date(), 1_000, now.date().replace(day=1), 1_000, 1_000, 1, now)})
     assert await pool.fetchval(
         "SELECT count(*) FROM subsidy_usage WHERE citizen_id = $1", ids["lapsing"]) == 0
+
+
+async def test_wrong_pins_at_the_till_count_exactly_and_lock_even_the_right_pin_out(
+    wallet_api: httpx.AsyncClient, pool: asyncpg.Pool,
+) -> None:
+    """The payment's PIN check reads the row without a lock when all is well; a wrong PIN, an
+    earlier failure or a lock go the counting path, so the lockout stays exact."""
+    world = await make_world(wallet_api, pool)
+    citizen = await world.citizen()
+    citizen_id = parse_id("cit", citizen.citizen_id)
+    wrong = "000001" if citizen.pin != "000001" else "000002"
+    qr = (await world.payment_request(1_000))["qr_payload"]
+
+    first = await wallet_api.post("/v1/citizen/payments", json={"qr_payload": qr, "pin": wrong},
+                                  headers={**citizen.headers, **key()})
+    assert first.status_code == 403 and problem(first)["code"] == "invalid_pin"
+    assert await pool.fetchval("SELECT failed_attempts FROM citizens WHERE id = $1",
+                               citizen_id) == 1
+    right = await pay(wallet_api, citizen, qr)  # the right PIN resets the count
+    assert right.status_code == 201, right.text
+    assert await pool.fetchval("SELECT failed_attempts FROM citizens WHERE id = $1",
+                               citizen_id) == 0
+
+    request = await world.payment_request(1_000)
+    qr = request["qr_payload"]
+    failures = 10  # Settings.auth_lockout_failures
+    wrongs = await asyncio.gather(*(
+        wallet_api.post("/v1/citizen/payments", json={"qr_payload": qr, "pin": wrong},
+                        headers={**citizen.headers, **key()}) for _ in range(failures + 5)))
+    codes = sorted(problem(r)["code"] for r in wrongs)
+    assert codes == ["account_locked"] * 5 + ["invalid_pin"] * failures, codes
+    locked = await pay(wallet_api, citizen, qr)
+    assert locked.status_code == 429 and problem(locked)["code"] == "account_locked"
+    assert "retry-after" in locked.headers
+    status = await wallet_api.get(f"/v1/merchant/payment-requests/{request['payment_request_id']}",
+                                  headers=world.merchant_headers)
+    assert status.json()["status"] == "open"

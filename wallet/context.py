@@ -58,6 +58,24 @@ class WalletContext:
     config: WalletConfig
     clock: Callable[[], datetime] = _utc_now
 
+    def payment_pin_matches(self, citizen_id: uuid.UUID, pin: str, row: Any,
+                            now: datetime) -> bool:
+        """The payment path's PIN check without a lock or a transaction, for the usual case:
+        True only when the PIN matches under the current pepper and the row (as just read:
+        ``pin_key_id``, ``pin_hash``, ``failed_attempts``, ``locked_until``) shows no failure
+        to reset and no lock. Then ``verify_payment_pin`` would change nothing, so skipping
+        it saves a locking transaction and its durable commit on every payment. Anything
+        else (a wrong PIN, earlier failures, a lock, an old pepper) goes through
+        ``verify_payment_pin``, which counts and locks exactly as before. A wrong attempt
+        racing this read can only be ordered after this payment, as if it came a moment later.
+        """
+        if row["failed_attempts"] or (row["locked_until"] is not None
+                                      and row["locked_until"] > now):
+            return False
+        pins = self.keys.pins
+        return row["pin_key_id"] == pins.peppers.current and pins.matches(
+            citizen_id, pin, row["pin_key_id"], bytes(row["pin_hash"]))
+
     async def verify_payment_pin(
         self, conn: asyncpg.Connection, citizen_id: uuid.UUID, pin: str
     ) -> bool:

@@ -15,6 +15,7 @@ cut to what is left of the budget and the budget moved meanwhile, the engine dec
 
 from __future__ import annotations
 
+import hashlib
 import uuid
 from collections.abc import Hashable, Iterable
 from dataclasses import dataclass
@@ -25,7 +26,7 @@ from typing import Any
 import asyncpg
 import msgspec
 
-from ledger_core import BatchView, Computed, RowConflict, Transfer, TransferFlags
+from ledger_core import BatchView, Computed, RowConflict, Transfer, TransferFlags, time_ordered_id
 from ledger_core.sql import load_queries
 from subsidy_rules.decision import CitizenUsage, ProgramVersion, Refusal, Split, decide_payment
 from subsidy_rules.eligibility import CitizenProfile, MerchantProfile
@@ -39,10 +40,22 @@ CODE_SUBSIDY = 401  # transfer code: the state's share of a payment
 _NAMESPACE = uuid.UUID("0b7f5f0e-4a55-4c1b-9d0e-5e1a6c3f7a21")
 
 
+def payment_id_for(derived: uuid.UUID, requested_at: datetime) -> uuid.UUID:
+    """A payment's id: time-ordered (version 7) by its payment request's creation, which is
+    the same for every retry of the payment, its other bits from ``derived`` (the id the
+    Idempotency-Key derives). Time-ordered ids land on the newest pages of the primary keys
+    of ``payments`` and ``ledger_transfers`` (see ``ledger_core.new_id``)."""
+    unix_ms = int(requested_at.timestamp() * 1000)
+    return time_ordered_id(unix_ms, hashlib.sha256(_NAMESPACE.bytes + derived.bytes).digest())
+
+
 def transfer_ids(payment_id: uuid.UUID) -> tuple[uuid.UUID, uuid.UUID]:
-    """The two transfer ids of a payment, derived from its id (so a replay is ``exists``)."""
-    return (uuid.uuid5(_NAMESPACE, f"{payment_id}:citizen_share"),
-            uuid.uuid5(_NAMESPACE, f"{payment_id}:subsidy"))
+    """The two transfer ids of a payment, derived from its id (so a replay is ``exists``),
+    in its time order (the first 48 bits of a version-7 payment id are its milliseconds)."""
+    unix_ms = int.from_bytes(payment_id.bytes[:6], "big")
+    return tuple(  # type: ignore[return-value]
+        time_ordered_id(unix_ms, hashlib.sha256(f"{payment_id}:{part}".encode()).digest())
+        for part in ("citizen_share", "subsidy"))
 
 
 # -- rows outside the ledger ---------------------------------------------------------------
@@ -197,6 +210,10 @@ class Parties:
     program: ProgramVersion | None  # the program to apply, if any
     program_uuid: uuid.UUID | None
     budget_account_id: uuid.UUID | None
+    # True when the program was picked for the citizen rather than named: if, decided in the
+    # batch, it refuses the purchase or pays nothing of it, the citizen pays it all (as with
+    # no program) instead of the payment being refused.
+    program_optional: bool = False
 
 
 class PaymentComputation:
@@ -252,13 +269,17 @@ class PaymentComputation:
                 p.program, usage.at(self.now), p.citizen, p.merchant, p.item_category,
                 p.amount, self.now, remaining,
             )
-            self.outcome = decision
-            if isinstance(decision, Refusal):
-                return Computed([])
-            subsidy = decision.subsidy_satang
-            if decision.bounded_by == "budget":
+            if isinstance(decision, Split) and decision.bounded_by == "budget":
                 exact = frozenset({p.budget_account_id})
-            rows[(USAGE, key)] = usage.plus(subsidy, self.now)
+            pays = isinstance(decision, Split) and decision.subsidy_satang > 0
+            if pays or not p.program_optional:
+                self.outcome = decision
+                if isinstance(decision, Refusal):
+                    return Computed([])
+                subsidy = decision.subsidy_satang
+                rows[(USAGE, key)] = usage.plus(subsidy, self.now)
+            else:
+                self.outcome = None  # picked, not named, and pays nothing: the citizen pays
         else:
             self.outcome = None  # no program: the citizen pays it all
         own = p.amount - subsidy

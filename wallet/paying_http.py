@@ -19,7 +19,7 @@ from litestar.datastructures import State
 from litestar.di import NamedDependency
 from litestar.params import JSONBody
 
-from gwallet.idempotency import IDEMPOTENCY_ERRORS, IDEMPOTENT, IdempotencyClaim
+from gwallet.idempotency import IDEMPOTENCY_ERRORS, IDEMPOTENT_IN_LEDGER, IdempotencyClaim
 from gwallet.ids import format_id, parse_id
 from gwallet.problems import DomainError, problem_responses
 from gwallet.request import RequestBody
@@ -40,6 +40,7 @@ from wallet.paying import (
     RequestNotPayable,
     Usage,
     no_usage,
+    payment_id_for,
 )
 
 Q = load_queries(Path(__file__).with_name("queries_paying.sql"))
@@ -227,6 +228,14 @@ def _refuse_unpayable(payable: Payable, now: datetime) -> None:
 async def _citizen(pool: asyncpg.Pool, citizen_id: uuid.UUID, now: datetime) -> tuple[
     CitizenProfile, list[ApplicableProgram]
 ]:
+    profile, programs, _ = await _citizen_and_pin(pool, citizen_id, now)
+    return profile, programs
+
+
+async def _citizen_and_pin(pool: asyncpg.Pool, citizen_id: uuid.UUID, now: datetime) -> tuple[
+    CitizenProfile, list[ApplicableProgram], asyncpg.Record
+]:
+    """The citizen's profile, applicable programs, and the row with the PIN state."""
     rows = await pool.fetch(Q["citizen_programs"], citizen_id, now)
     assert rows, "the session's citizen exists"
     first = rows[0]
@@ -251,7 +260,7 @@ async def _citizen(pool: asyncpg.Pool, citizen_id: uuid.UUID, now: datetime) -> 
             )
             _SPECS[key] = version
         programs.append(ApplicableProgram(row["program_id"], version, row["budget_account_id"]))
-    return profile, programs
+    return profile, programs, first
 
 
 async def _quotes(
@@ -401,7 +410,7 @@ class PaymentsController(Controller):
             programs=[_line(program, decision, payable.amount) for program, decision in quotes],
         )
 
-    @post("/", dependencies={"claim": IDEMPOTENT}, status_code=201,
+    @post("/", dependencies={"claim": IDEMPOTENT_IN_LEDGER}, status_code=201,
           responses=problem_responses(*PAY_ERRORS))
     async def pay(
         self, data: JSONBody[PayIn], citizen: NamedDependency[CitizenPrincipal],
@@ -411,11 +420,12 @@ class PaymentsController(Controller):
         its budget, in one ledger entry. Authorised by the session and the PIN."""
         now = state.wallet.clock()
         payable = await _payable(state.pool, data.qr_payload, data.amount)
-        async with state.pool.acquire() as conn:
-            if not await state.wallet.verify_payment_pin(conn, citizen.citizen_id, data.pin):
-                raise InvalidPin("the PIN is wrong")
+        profile, programs, pin_row = await _citizen_and_pin(state.pool, citizen.citizen_id, now)
+        if not state.wallet.payment_pin_matches(citizen.citizen_id, data.pin, pin_row, now):
+            async with state.pool.acquire() as conn:  # counts a failure, or raises if locked
+                if not await state.wallet.verify_payment_pin(conn, citizen.citizen_id, data.pin):
+                    raise InvalidPin("the PIN is wrong")
         _refuse_unpayable(payable, now)
-        profile, programs = await _citizen(state.pool, citizen.citizen_id, now)
         chosen: ApplicableProgram | None = None
         if data.program_id is not None:
             wanted = parse_id("prg", data.program_id)
@@ -423,14 +433,19 @@ class PaymentsController(Controller):
             if chosen is None:
                 raise ProgramNotApplicable(
                     "you are not enrolled in that program, or it is not active now")
-        else:
+        elif len(programs) == 1:
+            # The usual case: the one program, picked; the batch decides the split under the
+            # locks, and if it pays nothing (refused, caps or budget spent), the citizen pays
+            # it all. No quote is read first.
+            chosen = programs[0]
+        elif programs:
             # The program that pays the most now; the batch decides the exact split.
             best = [(d.subsidy_satang, p) for p, d in await _quotes(
                 state.pool, state.engine, citizen.citizen_id, profile, programs, payable, now)
                 if isinstance(d, Split) and d.subsidy_satang > 0]
             if best:
                 chosen = max(best, key=lambda pair: pair[0])[1]
-        payment_id = claim.derive_uuid("payment")
+        payment_id = payment_id_for(claim.derive_uuid("payment"), payable.created_at)
         computation = PaymentComputation(
             Parties(
                 payment_id=payment_id, request_id=payable.payment_request_id,
@@ -443,6 +458,7 @@ class PaymentsController(Controller):
                 program=chosen.version if chosen else None,
                 program_uuid=chosen.program_uuid if chosen else None,
                 budget_account_id=chosen.budget_account_id if chosen else None,
+                program_optional=data.program_id is None,
             ),
             now,
         )

@@ -34,9 +34,12 @@ WITH paid AS (
 SELECT count(*) FROM paid
 
 -- name: citizen_programs
--- The citizen's profile, and for each active enrolment in an active program the version in
--- effect at $2 (the newest approved one whose effective_at has come). One row at least.
+-- The citizen's profile and PIN state (for the payment's PIN check without a lock, see
+-- WalletContext.payment_pin_matches), and for each active enrolment in an active program the
+-- version in effect at $2 (the newest approved one whose effective_at has come). One row at
+-- least.
 SELECT c.birth_date, c.nationality, c.province_code, c.district_code, c.taxpayer,
+       c.pin_key_id, c.pin_hash, c.failed_attempts, c.locked_until,
        p.id AS program_id, p.code AS program_code, p.budget_account_id,
        v.version, v.spec::text AS spec, v.content_hash
 FROM citizens c
