@@ -13,8 +13,13 @@ Invariants:
   quotas exact, no duplicate effect of any idempotency key.
 
 Modules: ``ledger_bench`` (the batching engine vs R_tpcb vs a naive baseline), ``r_ping``
-(the HTTP ceiling per ASGI server). Locustfiles come with the features they load.
+(the HTTP ceiling per ASGI server), ``population`` (every seeded credential derived from one
+secret), ``seed`` (millions of citizens and merchants by COPY, top-ups through the engine),
+``locustfile`` and ``shapes`` (the journeys and the load over time), ``run`` (one bounded
+headless run with its references and one summary), ``invariants`` (the checks after a run),
+``faults`` (Redis killed, PostgreSQL stopped, under load).
 
-Imports: anything of this project. Locust lives in the separate ``load`` extra and is imported
-only by locustfiles: its gevent monkey-patching must never load inside the service.
+Imports: anything of this project. Locust (installed with the test extra, for the suite's
+short smoke run) is imported only by the locustfile, which runs in Locust's own processes: its
+gevent monkey-patching must never load inside the service or the test process.
 """

@@ -69,6 +69,27 @@ def merchant_api_key(secret: str, j: int) -> str:
     return "sk_live_" + _token(secret, f"merchant-key:{j}")
 
 
+def citizen_totp_secret(secret: str, i: int) -> str:
+    """Citizen i's authenticator secret: 32 base32 characters (160 bits), the form of
+    ``gwallet.totp.new_secret``; seeded as confirmed, so citizen i can also log in
+    (``POST /v1/citizen/sessions`` with national ID, PIN and a code of this secret)."""
+    return base64.b32encode(_mac(secret, f"totp:{i}")[:20]).decode()
+
+
+OFFICIAL_ROLES = ("admin", "maker", "checker")  # the officials the seed creates its program with
+
+
+def official_username(secret: str, role: str) -> str:
+    """The seed's back-office official of ``role`` (admin, maker, checker)."""
+    return f"loadtest-{role}-{_mac(secret, 'officials').hex()[:8]}"
+
+
+def official_password(secret: str, role: str) -> str:
+    """Its password (43 characters). Its TOTP secret is the service's own (random, in
+    ``officials.totp_secret``), read by whoever holds the database URL."""
+    return _token(secret, f"official-password:{role}")
+
+
 @dataclass(frozen=True, slots=True)
 class Manifest:
     """What a seeded database holds, for the load generator and the invariant checks."""
