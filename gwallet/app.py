@@ -24,6 +24,8 @@ from redis.asyncio import BlockingConnectionPool, Redis
 
 from gwallet import logs
 from gwallet.access import AccessMiddleware
+from gwallet.admission import AdmissionControl, admission_config  # issue 6
+from gwallet.admission import create_pool as create_bounded_pool  # issue 6
 from gwallet.embedded import start_postgres, start_redis
 from gwallet.idempotency import IdempotentReplay, purge_expired, replay_response
 from gwallet.keys import load_signing_key
@@ -85,8 +87,11 @@ def create_app(
     check_request_bodies(h for route in app.routes for h in getattr(route, "route_handlers", ()))
     # Around Litestar's whole handler, not as a Litestar middleware, so that unrouted
     # requests (404, 405) are counted and logged too.
+    # Issue 6: admission control inside the access middleware, so that refusals get a
+    # request id, a log line and a metric, and a queued request's wait counts to its deadline.
     app.asgi_handler = AccessMiddleware(
-        app.asgi_handler, app_metrics, timeout_seconds=settings.request_timeout_seconds
+        AdmissionControl(app.asgi_handler, app_metrics, admission_config(settings)),
+        app_metrics, timeout_seconds=settings.request_timeout_seconds,
     )
     return app
 
@@ -108,12 +113,15 @@ def _resources(settings: Settings) -> Callable[[Litestar], Any]:
             )
             await migrate(database_url)
 
-            pool = await asyncpg.create_pool(
+            # Issue 6: asyncpg's pool, whose acquire() within a request waits at most
+            # db_pool_acquire_timeout_seconds (gwallet/admission.py).
+            pool = await create_bounded_pool(
                 database_url,
                 min_size=settings.db_pool_min_size,
                 max_size=settings.db_pool_max_size,
                 command_timeout=settings.db_command_timeout_seconds,
                 timeout=settings.db_connect_timeout_seconds,
+                on_busy=app.state.metrics.admission_refusals.labels("pool_timeout").inc,
             )
             assert pool is not None
             stack.push_async_callback(_close_pool, pool)

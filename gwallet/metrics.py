@@ -65,6 +65,26 @@ class Metrics:
             registry=self._registry,
             multiprocess_mode="livesum",
         )
+        # Admission control (gwallet/admission.py).
+        self.admission_refusals = Counter(
+            "gwallet_admission_refusals",
+            "Requests refused at once with 503 overloaded (queue_full, queue_timeout) or "
+            "database_busy (pool_timeout).",
+            ("reason",),
+            registry=self._registry,
+        )
+        self.admission_in_flight = Gauge(
+            "gwallet_admission_in_flight_requests",
+            "Requests admitted and running (summed over live workers).",
+            registry=self._registry,
+            multiprocess_mode="livesum",
+        )
+        self.admission_queued = Gauge(
+            "gwallet_admission_queued_requests",
+            "Requests waiting for admission (summed over live workers).",
+            registry=self._registry,
+            multiprocess_mode="livesum",
+        )
 
     def observe_request(self, method: str, route: str, status: int, seconds: float) -> None:
         labels = (method if method in _METHODS else "other", route, str(status))

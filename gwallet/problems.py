@@ -26,6 +26,7 @@ from collections.abc import Iterable, Mapping
 from http import HTTPStatus
 from typing import Any, ClassVar
 
+import asyncpg
 import msgspec
 from litestar import Request, Response
 from litestar.exceptions import HTTPException, ValidationException
@@ -222,6 +223,60 @@ class LedgerUnavailableError(ServiceUnavailable):
     retry_after_seconds = 2
 
 
+class Overloaded(ServiceUnavailable):
+    """The service is at capacity and refused the request before doing anything; retry after
+    the given seconds (gwallet/admission.py)."""
+
+    code = "overloaded"
+    title = "Overloaded"
+    retry_after_seconds = 1
+
+
+class DatabaseBusy(ServiceUnavailable):
+    """No database connection became free in time; nothing was done. Retry after the given
+    seconds (with the same Idempotency-Key)."""
+
+    code = "database_busy"
+    title = "Database busy"
+    retry_after_seconds = 1
+
+
+class DatabaseUnavailable(ServiceUnavailable):
+    """PostgreSQL could not be reached or the connection was lost; retrying (with the same
+    Idempotency-Key) is safe."""
+
+    code = "database_unavailable"
+    title = "Database unavailable"
+    retry_after_seconds = 2
+
+
+class DatabaseTimeout(ServiceUnavailable):
+    """PostgreSQL did not answer in time (a hung or overloaded server); a write's outcome may
+    be unknown, so retry with the same Idempotency-Key."""
+
+    code = "database_timeout"
+    title = "Database timeout"
+    retry_after_seconds = 2
+
+
+# The driver's ways of saying "no connection to PostgreSQL" (issue 6, faults): refused or
+# reset sockets, a connection that died under a query, a server shutting down or starting up.
+_DATABASE_GONE: tuple[type[Exception], ...] = (
+    ConnectionError,
+    asyncpg.PostgresConnectionError,
+    asyncpg.CannotConnectNowError,
+    asyncpg.AdminShutdownError,
+    asyncpg.CrashShutdownError,
+)
+
+
+def _database_gone(exc: Exception) -> bool:
+    if isinstance(exc, _DATABASE_GONE):
+        return True
+    # A pooled connection that the server closed, used again before the pool noticed.
+    return isinstance(exc, asyncpg.InterfaceError) and "connection is closed" in str(exc)
+
+
 # Exceptions of lower layers that the API names. ledger_core raises plain exceptions and knows
 # nothing of HTTP; they are translated here, once.
 _FOREIGN: dict[type[Exception], type[DomainError]] = {
@@ -253,6 +308,13 @@ def to_domain_error(exc: Exception) -> DomainError:
     for foreign, error_type in _FOREIGN.items():
         if isinstance(exc, foreign):
             return error_type()
+    if _database_gone(exc):
+        return DatabaseUnavailable()
+    if isinstance(exc, TimeoutError):
+        # Only asyncpg raises the builtin TimeoutError into a handler here (its command and
+        # connect timeouts): Redis and httpx have their own exception types, and the request
+        # deadline cancels the handler rather than raising into it.
+        return DatabaseTimeout()
     if isinstance(exc, ValidationException):
         return _from_validation(exc)
     if isinstance(exc, HTTPException):
@@ -305,9 +367,12 @@ def _from_validation(exc: ValidationException) -> DomainError:
 def problem_response(request: Request[Any, Any, Any], exc: Exception) -> Response[bytes]:
     """Litestar exception handler for every exception: the app registers it for ``Exception``."""
     error = to_domain_error(exc)
-    if error.status >= 500 and not isinstance(exc, DomainError):
+    if isinstance(error, InternalError) and not isinstance(exc, DomainError):
         # The client learns nothing; the log keeps the traceback, tagged with the request id.
         _log.error("unhandled exception", exc_info=exc)
+    elif error.status >= 500 and not isinstance(exc, DomainError):
+        # A dependency named above (the ledger, the database): expected in an outage.
+        _log.warning("%s: %s", error.code, type(exc).__name__)
     problem = error.to_problem()
     return Response(
         content=msgspec.json.encode(problem),
@@ -328,6 +393,10 @@ COMMON_ERRORS: tuple[type[DomainError], ...] = (
     RateLimited,
     InternalError,
     ServiceUnavailable,
+    Overloaded,  # issue 6: admission control, the database's pool, faults
+    DatabaseBusy,
+    DatabaseUnavailable,
+    DatabaseTimeout,
 )
 
 

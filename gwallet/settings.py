@@ -41,6 +41,17 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     db_pool_max_size: int = 10
     db_command_timeout_seconds: float = 5.0
     db_connect_timeout_seconds: float = 5.0
+    # A request's wait for a pooled connection (503 database_busy past it; admission.py).
+    db_pool_acquire_timeout_seconds: float = 1.0
+
+    # Admission control (gwallet/admission.py), per worker process. 0: no limit.
+    admission_max_in_flight: int = 32
+    admission_queue_max: int = 128
+    admission_queue_timeout_ms: float = 500.0
+    # A queue not empty for the interval is a standing queue: waits are cut to this.
+    admission_overload_queue_timeout_ms: float = 10.0
+    admission_overload_interval_ms: float = 100.0
+    admission_retry_after_seconds: int = 1
 
     # Redis.
     redis_timeout_seconds: float = 0.5

@@ -72,6 +72,7 @@ from litestar.di import NamedDependency
 from litestar.params import FromPath, JSONBody, QueryParameter
 
 from gwallet import audit
+from gwallet.admission import keeps_session_state
 from gwallet.idempotency import IDEMPOTENCY_ERRORS, IdempotencyClaim
 from gwallet.ids import format_id, parse_id
 from gwallet.officials import ALL_ROLES, AUTH_ERRORS, OfficialPrincipal, Role, official_guard, roles
@@ -460,6 +461,7 @@ class Settler:
 async def _exclusive(pool: asyncpg.Pool) -> AsyncIterator[None]:
     """The settlement lock (session-level, on a connection held for the duration)."""
     async with pool.acquire() as conn:
+        keeps_session_state(conn)  # reset on release even if the unlock below never runs
         if not await conn.fetchval(Q["try_lock_settlement"], _LOCK_KEY):
             raise SettlementRunInProgress("another settlement action is running; retry shortly")
         try:

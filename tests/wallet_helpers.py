@@ -51,6 +51,11 @@ def wallet_settings_for(
         "bank_partner_secrets": f"{PARTNER}:{PARTNER_SECRET},{OTHER_PARTNER}:{OTHER_PARTNER_SECRET}",
         "log_level": "WARNING",
         "db_pool_max_size": 5,  # PostgreSQL's connections are shared by every test's pools
+        # Functional tests send bursts of hundreds of requests at one worker and expect each
+        # to be served: admission control (tests/test_admission.py, test_budget_storm.py)
+        # would turn the excess into fast 503s, as designed.
+        "admission_max_in_flight": 0,
+        "db_pool_acquire_timeout_seconds": 30.0,
     }
     values.update(overrides)
     return Settings(**values)  # type: ignore[arg-type]
