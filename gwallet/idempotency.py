@@ -162,6 +162,15 @@ def replay_response(request: Request[Any, Any, Any], exc: IdempotentReplay) -> R
 Outcome = tuple[int, Any] | DomainError
 
 
+# Ledger results that mean a transfer id derived from the Idempotency-Key belongs to another
+# request with that key (another body, or a first attempt the ledger refused): the ledger,
+# not Redis, is what makes sure one key moves money once.
+KEY_TAKEN = frozenset(
+    r for r in CreateTransferResult
+    if r.name.startswith("EXISTS_WITH_DIFFERENT_") or r is CreateTransferResult.ID_ALREADY_FAILED
+)
+
+
 def _encode(outcome: Outcome) -> tuple[int, bytes]:
     if isinstance(outcome, DomainError):
         return outcome.status, msgspec.json.encode(outcome.to_problem())
@@ -271,7 +280,12 @@ class IdempotencyClaim:
         answers: list[Outcome] = []
 
         def answer(results: list[CreateTransferResult]) -> Outcome:
-            answers.append(respond(results))
+            if any(r in KEY_TAKEN for r in results):
+                # Another request with this key took these transfer ids first (they derive
+                # from the key): nothing moved, and its answer, stored, is this one's too.
+                answers.append(IdempotencyRequestInProgress())
+            else:
+                answers.append(respond(results))
             return answers[-1]
 
         _, results = await engine.submit(
@@ -407,29 +421,5 @@ async def _claim(
         await in_progress.release()
 
 
-async def _ledger_claim(
-    request: Request[Any, Any, Any], idempotency_key: _KeyHeader = None
-) -> IdempotencyClaim:
-    """``_claim`` without the Redis in-progress marker, for handlers whose effect and answer
-    commit in one ledger batch (``IdempotencyClaim.submit_computation``). There the database
-    is the arbiter: a concurrent duplicate derives the same transfer ids, so the ledger takes
-    one of them and the other reads the first one's stored answer back. The marker would only
-    cost the hottest path two Redis round trips (about a tenth of a payment's CPU, measured
-    with py-spy) to turn that duplicate into a 409 instead of the same answer."""
-    key = parse_key(idempotency_key)
-    scope = principal_scope(request)
-    claim = IdempotencyClaim(
-        scope=scope,
-        key=key,
-        fingerprint=fingerprint(request.method, request.url.path, await request.body()),
-    )
-    stored = await request.app.state.pool.fetchrow(QUERIES["find_response"], scope, key)
-    if stored is not None:
-        raise _replay_or_reused(claim, stored)
-    return claim
-
-
 # The dependency for handlers: ``dependencies={"claim": IDEMPOTENT}``.
 IDEMPOTENT = Provide(_claim)
-# For handlers that answer through ``IdempotencyClaim.submit_computation`` only.
-IDEMPOTENT_IN_LEDGER = Provide(_ledger_claim)

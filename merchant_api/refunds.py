@@ -29,7 +29,7 @@ from litestar.datastructures import State
 from litestar.di import NamedDependency
 from litestar.params import JSONBody
 
-from gwallet.idempotency import IDEMPOTENCY_ERRORS, IDEMPOTENT_IN_LEDGER, IdempotencyClaim
+from gwallet.idempotency import IDEMPOTENCY_ERRORS, IDEMPOTENT, IdempotencyClaim
 from gwallet.ids import format_id, parse_id
 from gwallet.problems import DomainError, NotFound, problem_responses
 from gwallet.request import RequestBody
@@ -267,7 +267,7 @@ class RefundsController(Controller):
     tags = ["merchants: refunds"]
     guards = [keys.merchant_guard]
 
-    @post("/", dependencies={"claim": IDEMPOTENT_IN_LEDGER}, status_code=201,
+    @post("/", dependencies={"claim": IDEMPOTENT}, status_code=201,
           responses=problem_responses(NotFound, RefundExceedsPayment, RefundNotCovered,
                                       RefundAccountClosed,
                                       *IDEMPOTENCY_ERRORS))

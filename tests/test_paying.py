@@ -12,8 +12,11 @@ from typing import Any
 
 import asyncpg
 import httpx
+import msgspec
 import pytest
 
+from gwallet.app import create_app
+from gwallet.settings import Settings
 from gwallet.ids import parse_id
 from ledger_core.accounts import close_account
 from subsidy_rules.periods import bangkok
@@ -21,6 +24,7 @@ from wallet import enrolment
 from wallet.paying import RightForfeitedWhilePaying, Usage, UsageStore
 from tests.backoffice import Official, approved_program, fund, lifecycle, new_official
 from tests.test_merchants import approved
+from tests.http_service import free_port, serving
 from tests.wallet_helpers import Citizen, problem, program_spec, signed_in, top_up
 
 
@@ -445,3 +449,32 @@ async def test_wrong_pins_at_the_till_count_exactly_and_lock_even_the_right_pin_
     status = await wallet_api.get(f"/v1/merchant/payment-requests/{request['payment_request_id']}",
                                   headers=world.merchant_headers)
     assert status.json()["status"] == "open"
+
+
+async def test_without_redis_one_idempotency_key_pays_once_whatever_races_with_it(
+    wallet_api: httpx.AsyncClient, pool: asyncpg.Pool, wallet_settings: Settings,
+) -> None:
+    """Redis down: the in-progress claim is skipped, so twenty requests with one key (each for
+    another QR) all reach the ledger at once. The payment's transfer ids derive from the key,
+    so the ledger takes one: one payment, and every other request gets the key's stored
+    answer (422 idempotency_key_reused: another body)."""
+    world = await make_world(wallet_api, pool)
+    citizen = await world.citizen()
+    qrs = [(await world.payment_request(1_000 + i))["qr_payload"] for i in range(20)]
+    settings = msgspec.structs.replace(  # the same keys, a Redis nobody listens on
+        wallet_settings, redis_url=f"redis://127.0.0.1:{free_port()}/0",
+        redis_timeout_seconds=0.05)
+    one_key = key()
+    with serving(create_app(settings)) as url:
+        async with httpx.AsyncClient(base_url=url, timeout=30) as no_redis:
+            responses = await asyncio.gather(*(pay(no_redis, citizen, qr, one_key)
+                                               for qr in qrs))
+    codes = sorted(r.status_code for r in responses)
+    assert codes.count(201) == 1, [r.text for r in responses if r.status_code != 422][:3]
+    assert all(problem(r)["code"] == "idempotency_key_reused"
+               for r in responses if r.status_code != 201)
+    citizen_id = parse_id("cit", citizen.citizen_id)
+    assert await pool.fetchval("SELECT count(*) FROM payments WHERE citizen_id = $1",
+                               citizen_id) == 1
+    paid = next(r.json() for r in responses if r.status_code == 201)
+    assert await balance(wallet_api, citizen) == 1_000_000 - paid["citizen_amount"]

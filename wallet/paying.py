@@ -15,7 +15,6 @@ cut to what is left of the budget and the budget moved meanwhile, the engine dec
 
 from __future__ import annotations
 
-import hashlib
 import uuid
 from collections.abc import Hashable, Iterable
 from dataclasses import dataclass
@@ -26,7 +25,7 @@ from typing import Any
 import asyncpg
 import msgspec
 
-from ledger_core import BatchView, Computed, RowConflict, Transfer, TransferFlags, time_ordered_id
+from ledger_core import BatchView, Computed, RowConflict, Transfer, TransferFlags
 from ledger_core.sql import load_queries
 from subsidy_rules.decision import CitizenUsage, ProgramVersion, Refusal, Split, decide_payment
 from subsidy_rules.eligibility import CitizenProfile, MerchantProfile
@@ -40,22 +39,16 @@ CODE_SUBSIDY = 401  # transfer code: the state's share of a payment
 _NAMESPACE = uuid.UUID("0b7f5f0e-4a55-4c1b-9d0e-5e1a6c3f7a21")
 
 
-def payment_id_for(derived: uuid.UUID, requested_at: datetime) -> uuid.UUID:
-    """A payment's id: time-ordered (version 7) by its payment request's creation, which is
-    the same for every retry of the payment, its other bits from ``derived`` (the id the
-    Idempotency-Key derives). Time-ordered ids land on the newest pages of the primary keys
-    of ``payments`` and ``ledger_transfers`` (see ``ledger_core.new_id``)."""
-    unix_ms = int(requested_at.timestamp() * 1000)
-    return time_ordered_id(unix_ms, hashlib.sha256(_NAMESPACE.bytes + derived.bytes).digest())
-
-
 def transfer_ids(payment_id: uuid.UUID) -> tuple[uuid.UUID, uuid.UUID]:
-    """The two transfer ids of a payment, derived from its id (so a replay is ``exists``),
-    in its time order (the first 48 bits of a version-7 payment id are its milliseconds)."""
-    unix_ms = int.from_bytes(payment_id.bytes[:6], "big")
-    return tuple(  # type: ignore[return-value]
-        time_ordered_id(unix_ms, hashlib.sha256(f"{payment_id}:{part}".encode()).digest())
-        for part in ("citizen_share", "subsidy"))
+    """The two transfer ids of a payment, derived from its id, which the Idempotency-Key
+    derives (``IdempotencyClaim.derive_uuid``). So two requests with one key always carry the
+    same transfer ids, and the ledger takes at most one of them, whatever else differs and
+    whether or not the Redis in-progress claim was there to refuse the second: a replay is
+    ``exists``, another body ``exists_with_different_*``, after a refused first attempt
+    ``id_already_failed``. (Not time-ordered, unlike ``ledger_core.new_id``: a time in the id
+    would have to be the same on every retry, and only the key is.)"""
+    return (uuid.uuid5(_NAMESPACE, f"{payment_id}:citizen_share"),
+            uuid.uuid5(_NAMESPACE, f"{payment_id}:subsidy"))
 
 
 # -- rows outside the ledger ---------------------------------------------------------------

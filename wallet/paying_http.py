@@ -19,7 +19,7 @@ from litestar.datastructures import State
 from litestar.di import NamedDependency
 from litestar.params import JSONBody
 
-from gwallet.idempotency import IDEMPOTENCY_ERRORS, IDEMPOTENT_IN_LEDGER, IdempotencyClaim
+from gwallet.idempotency import IDEMPOTENCY_ERRORS, IDEMPOTENT, IdempotencyClaim
 from gwallet.ids import format_id, parse_id
 from gwallet.problems import DomainError, problem_responses
 from gwallet.request import RequestBody
@@ -40,7 +40,6 @@ from wallet.paying import (
     RequestNotPayable,
     Usage,
     no_usage,
-    payment_id_for,
 )
 
 Q = load_queries(Path(__file__).with_name("queries_paying.sql"))
@@ -410,7 +409,7 @@ class PaymentsController(Controller):
             programs=[_line(program, decision, payable.amount) for program, decision in quotes],
         )
 
-    @post("/", dependencies={"claim": IDEMPOTENT_IN_LEDGER}, status_code=201,
+    @post("/", dependencies={"claim": IDEMPOTENT}, status_code=201,
           responses=problem_responses(*PAY_ERRORS))
     async def pay(
         self, data: JSONBody[PayIn], citizen: NamedDependency[CitizenPrincipal],
@@ -445,7 +444,7 @@ class PaymentsController(Controller):
                 if isinstance(d, Split) and d.subsidy_satang > 0]
             if best:
                 chosen = max(best, key=lambda pair: pair[0])[1]
-        payment_id = payment_id_for(claim.derive_uuid("payment"), payable.created_at)
+        payment_id = claim.derive_uuid("payment")
         computation = PaymentComputation(
             Parties(
                 payment_id=payment_id, request_id=payable.payment_request_id,
