@@ -1,8 +1,11 @@
-"""Public ids: a type prefix and 26 characters of Crockford base32 over a random UUID.
+"""Public ids: a type prefix and 26 characters of Crockford base32 over a UUID.
 
 ``cit_``, ``mer_``, ``prg_``, ``preq_``, ``pay_``, ``ref_``, ``top_``, ``stl_``, ``off_``,
-``evt_`` (shared/API.md). The UUID behind an id is what the database stores; ids are never
-sequential and never guessable (122 random bits). ``parse_id`` turns any malformed or
+``evt_`` (shared/API.md). The UUID behind an id is what the database stores. New ids are
+version 7 (``ledger_core.new_id``): 48 bits of creation time in milliseconds, then 74 random
+bits, so they sort by creation (B-tree locality) but are never sequential and never
+guessable; what they reveal is the millisecond they were made. Ids derived from an
+Idempotency-Key are version 5 (random-looking). ``parse_id`` turns any malformed or
 wrongly-prefixed string into None, which handlers answer with 404 (never 500).
 """
 

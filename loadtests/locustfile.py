@@ -368,17 +368,18 @@ class RushCitizen(_Api):
         citizen_id = registered.body["citizen_id"]
         uri = registered.body["totp_provisioning_uri"]
         secret = parse_qs(urlsplit(uri).query)["secret"][0]
-        # The first code confirms (the previous step: a code is accepted once), the next
-        # step's signs in.
+        # The current step's code confirms and the next step's signs in (a code, and any
+        # earlier one, is accepted once; the server takes a step either side of its own). The
+        # previous step's code failed at a step boundary: two steps old on the server's clock.
         confirmed = self.call(
             "POST", "/v1/citizen/totp/confirm", "/v1/citizen/totp/confirm",
-            json={"citizen_id": citizen_id, "code": _totp_code(secret, -1)},
+            json={"citizen_id": citizen_id, "code": _totp_code(secret, 0)},
         )
         if not confirmed.ok:
             return
         session = self.call(
             "POST", "/v1/citizen/sessions", "/v1/citizen/sessions",
-            json={"national_id": national_id, "pin": pin, "totp_code": _totp_code(secret, 0)},
+            json={"national_id": national_id, "pin": pin, "totp_code": _totp_code(secret, 1)},
             ok=(201,),
         )
         if not session.ok:

@@ -381,7 +381,7 @@ def merchant_rows(
             lookup_key,
             new.bank_account.bank_code,
             # The service's own encoding of the bank account (JSON, encrypted, row-bound).
-            merchant_service._encrypt_bank_account(personal, merchant_id, new.bank_account),
+            merchant_service.encrypt_bank_account(personal, merchant_id, new.bank_account),
             payables[0].id,
             payables[1].id,
             now,

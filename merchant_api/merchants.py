@@ -248,7 +248,7 @@ class _BankAccountPlain(msgspec.Struct, frozen=True):
     account_name: str
 
 
-def _encrypt_bank_account(
+def encrypt_bank_account(
     keys_: PersonalDataKeys, merchant_id: uuid.UUID, account: BankAccount
 ) -> bytes:
     plain = msgspec.json.encode(_BankAccountPlain(account.account_number, account.account_name))
@@ -282,7 +282,7 @@ async def apply(
         keys_.lookup.digest(merchant.owner_national_id, purpose=NATIONAL_ID_PURPOSE),
         keys_.lookup.keyring.current,
         merchant.bank_account.bank_code,
-        _encrypt_bank_account(keys_, merchant_id, merchant.bank_account),
+        encrypt_bank_account(keys_, merchant_id, merchant.bank_account),
         now,
     )
     return merchant_id

@@ -52,6 +52,19 @@ async def test_a_citizen_enrols_once_and_a_repeat_returns_the_same_enrolment(
     assert counted == 1
 
 
+async def all_programs(api: httpx.AsyncClient, headers: dict[str, str]) -> list[dict]:
+    """Every page of GET /v1/citizen/programs (oldest first: the session's database holds
+    other tests' programs too)."""
+    out: list[dict] = []
+    params: dict[str, object] = {"limit": 100}
+    while True:
+        page = (await api.get("/v1/citizen/programs", params=params, headers=headers)).json()
+        out.extend(page["data"])
+        if not page["has_more"]:
+            return out
+        params["starting_after"] = page["data"][-1]["program_id"]
+
+
 async def test_the_quota_is_first_come_first_served_then_409_quota_exhausted(
     wallet_api: httpx.AsyncClient, pool: asyncpg.Pool
 ) -> None:
@@ -64,8 +77,8 @@ async def test_the_quota_is_first_come_first_served_then_409_quota_exhausted(
     assert problem(statuses[2])["code"] == "quota_exhausted"
     # An enrolled citizen still gets the enrolment back once the program is full.
     assert (await wallet_api.post(enrol_path(program_id), headers=citizens[0].headers)).status_code == 200
-    listed = (await wallet_api.get("/v1/citizen/programs", headers=citizens[2].headers)).json()
-    mine = next(p for p in listed["data"] if p["program_id"] == format_id("prg", program_id))
+    listed = await all_programs(wallet_api, citizens[2].headers)
+    mine = next(p for p in listed if p["program_id"] == format_id("prg", program_id))
     assert mine["citizen_status"] == "quota_exhausted" and mine["enrolled_count"] == 2
 
 
@@ -137,8 +150,8 @@ async def test_registration_hours_dates_and_program_status_are_enforced(
     for program_id, status, code in expected:
         response = await wallet_api.post(enrol_path(program_id), headers=citizen.headers)
         assert (response.status_code, problem(response)["code"]) == (status, code), program_id
-    listed = (await wallet_api.get("/v1/citizen/programs", headers=citizen.headers)).json()
-    statuses = {p["program_id"]: p["citizen_status"] for p in listed["data"]}
+    statuses = {p["program_id"]: p["citizen_status"]
+                for p in await all_programs(wallet_api, citizen.headers)}
     assert statuses[format_id("prg", not_yet)] == "registration_not_open"
     assert statuses[format_id("prg", paused)] == "registration_not_open"
     assert format_id("prg", closed_program) not in statuses  # closed and not enrolled

@@ -8,6 +8,7 @@ change within the payment (request, merchant, citizen, programs), then hand one
 from __future__ import annotations
 
 import uuid
+from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 from typing import Annotated, Any
@@ -26,7 +27,7 @@ from gwallet.request import RequestBody
 from ledger_core import CreateTransferResult, Effect
 from ledger_core.sql import load_queries
 from merchant_api import webhooks
-from merchant_api.payment_requests import InvalidQr, Payable, load_payable, parse_payment_request_qr
+from merchant_api.payment_requests import InvalidQr, Payable, parse_payment_request_qr
 from subsidy_rules.decision import ProgramVersion, Refusal, Split, decide_payment
 from subsidy_rules.eligibility import CitizenProfile
 from subsidy_rules.periods import usage_periods
@@ -202,16 +203,68 @@ class ApplicableProgram(msgspec.Struct, frozen=True):
     budget_account_id: uuid.UUID
 
 
-async def _payable(pool: asyncpg.Pool, qr_payload: str, amount: int | None) -> Payable:
+# The columns of pay_context's citizen rows (wallet/queries_paying.sql), in order.
+CITIZEN_COLUMNS = (
+    "birth_date", "nationality", "province_code", "district_code", "taxpayer",
+    "pin_key_id", "pin_hash", "failed_attempts", "locked_until",
+    "program_id", "program_code", "budget_account_id", "version", "content_hash",
+)
+
+
+@dataclass(frozen=True, slots=True)
+class Context:
+    """What quote and pay read before the batch (one query: pay_context)."""
+
+    payable: Payable
+    profile: CitizenProfile
+    programs: list[ApplicableProgram]
+    pin_row: dict[str, Any]  # the citizen's PIN state, for WalletContext.payment_pin_matches
+
+
+async def _context(pool: asyncpg.Pool, citizen_id: uuid.UUID, qr_payload: str,
+                   amount: int | None, now: datetime) -> Context:
     request_id = parse_payment_request_qr(qr_payload)
-    payable = await load_payable(pool, request_id)
-    if payable is None:
+    row = await pool.fetchrow(Q["pay_context"], request_id, citizen_id, now)
+    assert row is not None
+    if row["payable"] is None:
         raise PaymentRequestNotFound("no payment request has this QR code")
+    payable = Payable(*row["payable"])
     if amount is not None and amount != payable.amount:
         raise AmountMismatch(f"the QR is for {payable.amount} satang, not {amount}")
     if payable.merchant_status != "approved":
         raise MerchantUnavailable("this merchant cannot be paid now")
-    return payable
+    rows = [dict(zip(CITIZEN_COLUMNS, values, strict=True)) for values in row["citizen"]]
+    assert rows, "the session's citizen exists"
+    first = rows[0]
+    profile = CitizenProfile(
+        birth_date=first["birth_date"], nationality=first["nationality"],
+        province_code=first["province_code"], district_code=first["district_code"],
+        taxpayer=first["taxpayer"],
+        held_program_codes=tuple(sorted(r["program_code"] for r in rows if r["program_code"])),
+    )
+    programs = []
+    for r in rows:
+        if r["program_id"] is None or r["budget_account_id"] is None or r["version"] is None:
+            continue
+        version = await _program_version(pool, r["program_id"], r["version"], r["content_hash"])
+        programs.append(ApplicableProgram(r["program_id"], version, r["budget_account_id"]))
+    return Context(payable, profile, programs, first)
+
+
+async def _program_version(pool: asyncpg.Pool, program_id: uuid.UUID, version: int,
+                           content_hash: Any) -> ProgramVersion:
+    """A program version's decoded spec, read and decoded once per process (approved
+    versions never change: their content hash is what maker-checker approved)."""
+    key = (program_id, version)
+    found = _SPECS.get(key)
+    if found is None:
+        spec = await pool.fetchval(Q["program_spec"], program_id, version)
+        if len(_SPECS) >= _SPECS_MAX:
+            _SPECS.clear()
+        found = ProgramVersion(program_id=format_id("prg", program_id), version=version,
+                               spec=decode_spec(spec), content_hash=content_hash)
+        _SPECS[key] = found
+    return found
 
 
 def _refuse_unpayable(payable: Payable, now: datetime) -> None:
@@ -222,44 +275,6 @@ def _refuse_unpayable(payable: Payable, now: datetime) -> None:
         raise PaymentRequestExpired("this QR code has expired; ask the shop for a new one")
     if status == "cancelled":
         raise PaymentRequestCancelled("the shop cancelled this QR code")
-
-
-async def _citizen(pool: asyncpg.Pool, citizen_id: uuid.UUID, now: datetime) -> tuple[
-    CitizenProfile, list[ApplicableProgram]
-]:
-    profile, programs, _ = await _citizen_and_pin(pool, citizen_id, now)
-    return profile, programs
-
-
-async def _citizen_and_pin(pool: asyncpg.Pool, citizen_id: uuid.UUID, now: datetime) -> tuple[
-    CitizenProfile, list[ApplicableProgram], asyncpg.Record
-]:
-    """The citizen's profile, applicable programs, and the row with the PIN state."""
-    rows = await pool.fetch(Q["citizen_programs"], citizen_id, now)
-    assert rows, "the session's citizen exists"
-    first = rows[0]
-    profile = CitizenProfile(
-        birth_date=first["birth_date"], nationality=first["nationality"],
-        province_code=first["province_code"], district_code=first["district_code"],
-        taxpayer=first["taxpayer"],
-        held_program_codes=tuple(sorted(r["program_code"] for r in rows if r["program_code"])),
-    )
-    programs = []
-    for row in rows:
-        if row["program_id"] is None or row["budget_account_id"] is None or row["version"] is None:
-            continue
-        key = (row["program_id"], row["version"])
-        version = _SPECS.get(key)
-        if version is None:
-            if len(_SPECS) >= _SPECS_MAX:
-                _SPECS.clear()
-            version = ProgramVersion(
-                program_id=format_id("prg", row["program_id"]), version=row["version"],
-                spec=decode_spec(row["spec"]), content_hash=row["content_hash"],
-            )
-            _SPECS[key] = version
-        programs.append(ApplicableProgram(row["program_id"], version, row["budget_account_id"]))
-    return profile, programs, first
 
 
 async def _quotes(
@@ -397,11 +412,12 @@ class PaymentsController(Controller):
     ) -> QuoteOut:
         """What each of the citizen's programs would pay of this QR's amount. Moves nothing."""
         now = state.wallet.clock()
-        payable = await _payable(state.pool, data.qr_payload, data.amount)
+        context = await _context(state.pool, citizen.citizen_id, data.qr_payload, data.amount,
+                                 now)
+        payable = context.payable
         _refuse_unpayable(payable, now)
-        profile, programs = await _citizen(state.pool, citizen.citizen_id, now)
-        quotes = await _quotes(state.pool, state.engine, citizen.citizen_id, profile, programs,
-                               payable, now)
+        quotes = await _quotes(state.pool, state.engine, citizen.citizen_id, context.profile,
+                               context.programs, payable, now)
         return QuoteOut(
             payment_request_id=format_id("preq", payable.payment_request_id),
             merchant_id=format_id("mer", payable.merchant_id),
@@ -418,9 +434,11 @@ class PaymentsController(Controller):
         """Pay a dynamic QR: the citizen's share from the wallet, the program's share from
         its budget, in one ledger entry. Authorised by the session and the PIN."""
         now = state.wallet.clock()
-        payable = await _payable(state.pool, data.qr_payload, data.amount)
-        profile, programs, pin_row = await _citizen_and_pin(state.pool, citizen.citizen_id, now)
-        if not state.wallet.payment_pin_matches(citizen.citizen_id, data.pin, pin_row, now):
+        context = await _context(state.pool, citizen.citizen_id, data.qr_payload, data.amount,
+                                 now)
+        payable, profile, programs = context.payable, context.profile, context.programs
+        if not state.wallet.payment_pin_matches(citizen.citizen_id, data.pin, context.pin_row,
+                                                now):
             async with state.pool.acquire() as conn:  # counts a failure, or raises if locked
                 if not await state.wallet.verify_payment_pin(conn, citizen.citizen_id, data.pin):
                     raise InvalidPin("the PIN is wrong")

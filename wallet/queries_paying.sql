@@ -33,28 +33,47 @@ WITH paid AS (
 )
 SELECT count(*) FROM paid
 
--- name: citizen_programs
--- The citizen's profile and PIN state (for the payment's PIN check without a lock, see
--- WalletContext.payment_pin_matches), and for each active enrolment in an active program the
--- version in effect at $2 (the newest approved one whose effective_at has come). One row at
--- least.
-SELECT c.birth_date, c.nationality, c.province_code, c.district_code, c.taxpayer,
-       c.pin_key_id, c.pin_hash, c.failed_attempts, c.locked_until,
-       p.id AS program_id, p.code AS program_code, p.budget_account_id,
-       v.version, v.spec::text AS spec, v.content_hash
-FROM citizens c
-LEFT JOIN enrolments e ON e.citizen_id = c.id AND e.status = 'active'
-    -- a right unused by its first-use deadline pays no more, even before it is released
-    AND (e.first_used_at IS NOT NULL OR e.first_use_deadline IS NULL OR e.first_use_deadline > $2)
-LEFT JOIN programs p ON p.id = e.program_id AND p.status = 'active'
-LEFT JOIN LATERAL (
-    SELECT pv.version, pv.spec, pv.content_hash
-    FROM program_versions pv
-    WHERE pv.program_id = p.id AND pv.approved_at IS NOT NULL AND pv.effective_at <= $2
-    ORDER BY pv.effective_at DESC, pv.version DESC
-    LIMIT 1
-) v ON true
-WHERE c.id = $1
+-- name: pay_context
+-- What quote and pay read before the batch, in one round trip (a round trip costs the worker
+-- and the server ~0.15 ms each here: BENCHMARKS.md, "Where the time goes"):
+-- - payable: the payment request $1 with its merchant, the fields of
+--   merchant_api.payment_requests.Payable in order (as its payable_payment_request query);
+-- - citizen: the citizen $2's profile and PIN state (for the PIN check without a lock, see
+--   WalletContext.payment_pin_matches), and for each active enrolment in an active program
+--   the version in effect at $3 (the newest approved one whose effective_at has come), as
+--   rows of CITIZEN_COLUMNS (wallet/paying_http.py). One row at least. The spec itself is
+--   read only when this process has not decoded that version yet (program_spec).
+SELECT
+    (SELECT row(r.id, r.merchant_id, r.amount, r.reference, r.item_category, r.status,
+                r.payment_id, r.qr_payload, r.created_at, r.expires_at, m.name, m.status,
+                m.business_type, m.category, m.province_code, m.district_code,
+                m.citizen_payable_account_id, m.state_payable_account_id)
+     FROM payment_requests r
+     JOIN merchants m ON m.id = r.merchant_id
+     WHERE r.id = $1) AS payable,
+    ARRAY(
+        SELECT row(c.birth_date, c.nationality, c.province_code, c.district_code, c.taxpayer,
+                   c.pin_key_id, c.pin_hash, c.failed_attempts, c.locked_until,
+                   p.id, p.code, p.budget_account_id, v.version, v.content_hash)
+        FROM citizens c
+        LEFT JOIN enrolments e ON e.citizen_id = c.id AND e.status = 'active'
+            -- a right unused by its first-use deadline pays no more, even before it is
+            -- released
+            AND (e.first_used_at IS NOT NULL OR e.first_use_deadline IS NULL
+                 OR e.first_use_deadline > $3)
+        LEFT JOIN programs p ON p.id = e.program_id AND p.status = 'active'
+        LEFT JOIN LATERAL (
+            SELECT pv.version, pv.content_hash
+            FROM program_versions pv
+            WHERE pv.program_id = p.id AND pv.approved_at IS NOT NULL AND pv.effective_at <= $3
+            ORDER BY pv.effective_at DESC, pv.version DESC
+            LIMIT 1
+        ) v ON true
+        WHERE c.id = $2
+    ) AS citizen
+
+-- name: program_spec
+SELECT spec::text AS spec FROM program_versions WHERE program_id = $1 AND version = $2
 
 -- name: read_payments_for_refund
 SELECT id, citizen_id, merchant_id, program_id, amount, subsidy_amount, refunded_amount,
