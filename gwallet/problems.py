@@ -270,7 +270,8 @@ _DATABASE_GONE: tuple[type[Exception], ...] = (
 )
 
 
-def _database_gone(exc: Exception) -> bool:
+def database_gone(exc: BaseException) -> bool:
+    """True when ``exc`` says PostgreSQL cannot be reached (refused, reset, shutting down)."""
     if isinstance(exc, _DATABASE_GONE):
         return True
     # A pooled connection that the server closed, used again before the pool noticed.
@@ -308,7 +309,7 @@ def to_domain_error(exc: Exception) -> DomainError:
     for foreign, error_type in _FOREIGN.items():
         if isinstance(exc, foreign):
             return error_type()
-    if _database_gone(exc):
+    if database_gone(exc):
         return DatabaseUnavailable()
     if isinstance(exc, TimeoutError):
         # Only asyncpg raises the builtin TimeoutError into a handler here (its command and

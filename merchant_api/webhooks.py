@@ -84,6 +84,7 @@ from gwallet.problems import (
     NotFound,
     RateLimited,
     Unauthenticated,
+    database_gone,
     problem_responses,
 )
 from gwallet.request import RequestBody
@@ -508,6 +509,9 @@ async def attempt_delivery(
 # --- the delivery worker --------------------------------------------------------------------
 
 
+_OUTAGE_LOG_SECONDS = 10.0  # one "database unavailable" warning per this while down
+
+
 class WebhookWorker:
     """Delivers the outbox: an asyncio task per process, at most ``delivery_concurrency``
     merchants at once, each merchant's events one by one in order.
@@ -530,6 +534,7 @@ class WebhookWorker:
         self._client: httpx.AsyncClient | None = None
         self._active: dict[uuid.UUID, tuple[uuid.UUID, asyncio.Task[None]]] = {}
         self._wakeup = asyncio.Event()
+        self._outage_logged_at = float("-inf")
         self.task: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
@@ -563,8 +568,8 @@ class WebhookWorker:
                 if free > 0:
                     try:
                         claimed = await self._claim(free)
-                    except Exception:  # noqa: BLE001 - the loop must survive a bad round
-                        _log.exception("claiming webhook deliveries failed")
+                    except Exception as exc:  # noqa: BLE001 - the loop must survive a bad round
+                        self._log_claim_failure(exc)
                 # All claimed: there may be more, so poll again as soon as a merchant is done
                 # (or at once if slots are left); otherwise at the interval.
                 if claimed < free or free <= 0:
@@ -580,6 +585,19 @@ class WebhookWorker:
             for task in tasks:
                 task.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)
+
+    def _log_claim_failure(self, exc: Exception) -> None:
+        """A failed round is logged with its traceback, except while PostgreSQL is down: then
+        one warning without it per ``_OUTAGE_LOG_SECONDS`` (the loop polls every few tens of
+        milliseconds, and an outage is not a defect of this code)."""
+        if not database_gone(exc):
+            _log.exception("claiming webhook deliveries failed")
+            return
+        now = time.monotonic()
+        if now - self._outage_logged_at >= _OUTAGE_LOG_SECONDS:
+            self._outage_logged_at = now
+            _log.warning("webhook deliveries wait: database unavailable (%s)",
+                         type(exc).__name__)
 
     async def _claim(self, limit: int) -> int:
         now = self._clock()

@@ -771,3 +771,21 @@ def test_webhook_settings_out_of_range_are_refused() -> None:
         with pytest.raises(WebhookSettingsError):
             WebhookConfig(**bad)  # type: ignore[arg-type]
     assert WebhookConfig.from_settings(Settings()) == WebhookConfig()
+
+
+async def test_a_worker_waiting_out_a_database_outage_logs_one_warning_not_a_traceback_a_poll(
+    cipher: PiiCipher, caplog: pytest.LogCaptureFixture,
+) -> None:
+    from tests.http_service import free_port
+
+    pool = await asyncpg.create_pool(f"postgresql://postgres@127.0.0.1:{free_port()}/x",
+                                     min_size=0, max_size=1)
+    try:
+        with caplog.at_level("WARNING", logger="gwallet.merchant_api.webhooks"):
+            async with running_worker(pool, cipher, poll_interval_seconds=0.01):
+                await asyncio.sleep(0.5)  # tens of polls, every one refused
+    finally:
+        await pool.close()
+    messages = [r.getMessage() for r in caplog.records if "webhook" in r.getMessage()]
+    assert messages == ["webhook deliveries wait: database unavailable (ConnectionRefusedError)"]
+    assert not any(r.exc_info for r in caplog.records)
