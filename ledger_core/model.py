@@ -33,14 +33,8 @@ def new_id() -> uuid.UUID:
     standard one, but hashing it and taking its bytes cost a third as much, which counts when
     a batch hashes and encodes thousands of ids.
     """
-    return time_ordered_id(time.time_ns() // 1_000_000, os.urandom(10))
-
-
-def time_ordered_id(unix_ms: int, entropy: bytes) -> uuid.UUID:
-    """A version-7 id from a time in Unix milliseconds and 10 bytes of entropy (random bytes,
-    or a digest when the id must be derived again the same way, see ``wallet.paying``)."""
-    assert 0 <= unix_ms < 2**48 and len(entropy) >= 10
-    raw = bytearray(unix_ms.to_bytes(6, "big") + entropy[:10])
+    unix_ms = time.time_ns() // 1_000_000
+    raw = bytearray(unix_ms.to_bytes(6, "big") + os.urandom(10))
     raw[6] = (raw[6] & 0x0F) | 0x70
     raw[8] = (raw[8] & 0x3F) | 0x80
     return _FastUUID(bytes(raw))

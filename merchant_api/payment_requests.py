@@ -23,9 +23,12 @@ exactly one wins.
 
 For the payment path (``wallet``), the narrow interface:
 - ``parse_payment_request_qr(payload) -> uuid.UUID`` or ``InvalidQr`` (422 ``invalid_qr``);
-- ``load_payable(db, payment_request_id) -> Payable | None``: the request and what the
-  subsidy rules and the ledger need of its merchant (``Payable.merchant_profile()``); compare
-  ``Payable.qr_payload`` with the scanned payload to refuse a re-encoded (altered) QR.
+- ``Payable``: the request and what the subsidy rules and the ledger need of its merchant
+  (``Payable.merchant_profile()``), its fields in the order of the ``payable_payment_request``
+  query; ``load_payable(db, payment_request_id) -> Payable | None`` reads one (the payment
+  path itself reads the same fields together with the citizen, in one statement:
+  wallet/queries_paying.sql ``pay_context``); compare ``Payable.qr_payload`` with the scanned
+  payload to refuse a re-encoded (altered) QR.
 
 A merchant reads only its own requests and payments: another merchant's is a 404, exactly
 like one that does not exist.
@@ -409,28 +412,9 @@ async def load_payable(
     db: asyncpg.Pool | asyncpg.Connection, payment_request_id: uuid.UUID
 ) -> Payable | None:
     row = await db.fetchrow(Q["payable_payment_request"], payment_request_id)
-    if row is None:
-        return None
-    return Payable(
-        payment_request_id=row["id"],
-        merchant_id=row["merchant_id"],
-        amount=row["amount"],
-        reference=row["reference"],
-        item_category=row["item_category"],
-        status=row["status"],
-        payment_id=row["payment_id"],
-        qr_payload=row["qr_payload"],
-        created_at=row["created_at"],
-        expires_at=row["expires_at"],
-        merchant_name=row["merchant_name"],
-        merchant_status=row["merchant_status"],
-        business_type=row["business_type"],
-        category=row["category"],
-        province_code=row["province_code"],
-        district_code=row["district_code"],
-        citizen_payable_account_id=row["citizen_payable_account_id"],
-        state_payable_account_id=row["state_payable_account_id"],
-    )
+    # The query selects Payable's fields in order, as wallet/queries_paying.sql's pay_context
+    # does for the payment path's one round trip.
+    return None if row is None else Payable(*row)
 
 
 # --- the merchant's payments (read side of the ``payments`` table) ------------------------

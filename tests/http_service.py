@@ -11,6 +11,8 @@ from contextlib import contextmanager
 import uvicorn
 from litestar import Litestar
 
+from gwallet.embedded import free_port  # noqa: F401 - the tests take it from here
+
 _START_TIMEOUT_SECONDS = 30.0
 
 
@@ -40,8 +42,3 @@ def serving(app: Litestar) -> Iterator[str]:
         sock.close()
 
 
-def free_port() -> int:
-    """A port nothing listens on (for a dependency that is down)."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])

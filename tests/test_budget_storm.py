@@ -18,12 +18,10 @@ the payers'.
 from __future__ import annotations
 
 import asyncio
-import os
 import secrets
 import subprocess
 import sys
 import time
-from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -36,9 +34,9 @@ from ledger_core import new_id, verify_ledger
 from loadtests import population as P
 from loadtests.seed import seed
 from merchant_api.payment_requests import qr_payload
-from tests.conftest import ROOT, _with_database
+from tests.conftest import ROOT
 from tests.http_service import free_port
-from tests.test_seed import cli_env
+from tests.test_seed import cli_env, seed_database_url  # noqa: F401 - a fixture
 from tests.wallet_helpers import wallet_settings_for
 
 PAYERS = 10_000
@@ -52,24 +50,6 @@ IN_FLIGHT = 1_000
 CLIENTS = 4
 
 pytestmark = pytest.mark.slow
-
-
-@pytest.fixture
-async def storm_database_url(admin_database_url: str) -> AsyncIterator[str]:
-    name = f"gwallet_storm_{os.getpid()}_{secrets.token_hex(3)}"
-    conn = await asyncpg.connect(admin_database_url)
-    try:
-        await conn.execute(f'CREATE DATABASE "{name}"')
-    finally:
-        await conn.close()
-    try:
-        yield _with_database(admin_database_url, name)
-    finally:
-        conn = await asyncpg.connect(admin_database_url)
-        try:
-            await conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-        finally:
-            await conn.close()
 
 
 async def open_requests(database_url: str, secret: str) -> list[str]:
@@ -115,17 +95,17 @@ async def _send(client: httpx.AsyncClient, path: str, body: dict, headers: dict[
 
 
 async def test_ten_thousand_concurrent_payers_spend_exactly_the_budget_and_never_more(
-    storm_database_url: str, redis_url: str, tmp_path: Path
+    seed_database_url: str, redis_url: str, tmp_path: Path
 ) -> None:
-    settings = wallet_settings_for(storm_database_url, redis_url, tmp_path)
+    settings = wallet_settings_for(seed_database_url, redis_url, tmp_path)
     secret = "storm-" + secrets.token_hex(4)
-    report = await seed(storm_database_url, PAYERS, MERCHANTS, secret=secret, top_up=TOP_UP,
+    report = await seed(seed_database_url, PAYERS, MERCHANTS, secret=secret, top_up=TOP_UP,
                         budget=BUDGET, settings=settings, progress=False)
     program_id = report.manifest.program_id
-    qrs = await open_requests(storm_database_url, secret)
+    qrs = await open_requests(seed_database_url, secret)
 
     port = free_port()
-    env = {**cli_env(settings), "GWALLET_DATABASE_URL": storm_database_url,
+    env = {**cli_env(settings), "GWALLET_DATABASE_URL": seed_database_url,
            "GWALLET_REDIS_URL": redis_url, "GWALLET_LOG_LEVEL": "WARNING",
            "GWALLET_DB_POOL_MAX_SIZE": "6"}
     server = subprocess.Popen(
@@ -172,7 +152,7 @@ async def test_ten_thousand_concurrent_payers_spend_exactly_the_budget_and_never
     assert all(r.json()["citizen_amount"] + r.json()["subsidy_amount"] == AMOUNT
                for r in responses)
 
-    conn = await asyncpg.connect(storm_database_url)
+    conn = await asyncpg.connect(seed_database_url)
     try:
         budget = await conn.fetchrow(
             "SELECT a.debits_posted, a.credits_posted, a.debits_pending "

@@ -55,7 +55,7 @@ from merchant_api.webhooks import (
     retry_delay_seconds,
 )
 from tests.backoffice import new_official
-from tests.http_service import serving
+from tests.http_service import free_port, serving
 from tests.test_merchants import approved
 from tests.test_paying import World, key, make_world, pay
 from tests.wallet_helpers import Citizen, wallet_settings_for
@@ -776,8 +776,6 @@ def test_webhook_settings_out_of_range_are_refused() -> None:
 async def test_a_worker_waiting_out_a_database_outage_logs_one_warning_not_a_traceback_a_poll(
     cipher: PiiCipher, caplog: pytest.LogCaptureFixture,
 ) -> None:
-    from tests.http_service import free_port
-
     pool = await asyncpg.create_pool(f"postgresql://postgres@127.0.0.1:{free_port()}/x",
                                      min_size=0, max_size=1)
     try:
