@@ -33,7 +33,6 @@ import time
 import urllib.error
 import urllib.request
 from pathlib import Path
-from types import TracebackType
 from typing import Self
 
 from gwallet.embedded import free_port
@@ -224,7 +223,7 @@ def _wait_for_port(port: int, process: subprocess.Popen[bytes], name: str) -> No
     raise FaultSetupError(f"{name} did not listen on {port} in time")
 
 
-class ServiceProcess:
+class ServiceProcess(_Started):
     """``gwallet serve`` as a subprocess (its own process group), ready when /readyz is 200."""
 
     def __init__(self, env: dict[str, str], *, workers: int = 2,
@@ -318,14 +317,5 @@ class ServiceProcess:
         except ProcessLookupError:
             pass
 
-    def __enter__(self) -> Self:
-        try:
-            self.start()
-        except BaseException:
-            self.stop()
-            raise
-        return self
-
-    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
-                 tb: TracebackType | None) -> None:
+    def close(self) -> None:
         self.stop()
