@@ -84,6 +84,10 @@ _UNAVAILABLE = (
     OSError,
     asyncio.TimeoutError,
     asyncpg.InterfaceError,
+    # asyncpg's protocol left mid-operation on a connection the server killed (seen once in
+    # CI after pg_terminate_backend: "cannot switch to state 15; another operation (2) is in
+    # progress"): that connection is unusable, a fresh one is not.
+    asyncpg.InternalClientError,
     asyncpg.PostgresConnectionError,
     asyncpg.CannotConnectNowError,
     asyncpg.AdminShutdownError,
