@@ -35,6 +35,7 @@ from gwallet.openapi import openapi_config, swagger_assets
 from gwallet.ops import healthz, metrics, readyz
 from gwallet.problems import problem_response
 from gwallet.request import StrictRequest, check_request_bodies
+from gwallet.runtime import tune_gc
 from gwallet.settings import Settings
 from ledger_core.engine import EngineConfig, LedgerEngine
 from wallet.context import wallet_lifespan  # citizens (issue 4)
@@ -160,6 +161,7 @@ def _resources(settings: Settings) -> Callable[[Litestar], Any]:
                 task = asyncio.create_task(_every(interval, job, name), name=name)
                 stack.push_async_callback(_cancel, task)
 
+            tune_gc(settings.gc_gen0_threshold)  # after startup: what exists now is frozen
             _log.info("service started", extra={"settings": settings.redacted()})
             yield
             _log.info("service stopping")

@@ -132,6 +132,10 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     # Merchants whose legs one run queues on the ledger at once.
     settlement_submissions_in_flight: int = 100
 
+    # Python's cyclic garbage collector (gwallet/runtime.py): generation 0 is collected
+    # every this many net allocations (CPython's default is 700); 0 keeps the defaults.
+    gc_gen0_threshold: int = 50_000
+
     # Logging.
     log_level: str = "INFO"
     log_json: bool = True

@@ -163,7 +163,7 @@ def decide_batch(
     index = 0
     for item in submissions:
         computed: Computed | None = None
-        if isinstance(item, Sequence):
+        if _is_transfers(item):
             submission: Sequence[Transfer] = item
             decision.computed.append(None)
         else:
@@ -210,7 +210,7 @@ def _expire_due(
     """
     candidates: list[uuid.UUID] = list(expire)
     for submission in submissions:
-        if not isinstance(submission, Sequence):
+        if not _is_transfers(submission):
             continue  # computations do not post or void pending transfers
         for t in submission:
             if t.flags & (_POST | _VOID) and t.pending_id is not None:
@@ -588,6 +588,13 @@ def _same_id(requested: uuid.UUID | None, stored: uuid.UUID, inherits: bool) -> 
 
 def _user_data_fits(t: Transfer) -> bool:
     return -_INT64_END <= t.user_data_64 < _INT64_END and -_INT32_END <= t.user_data_32 < _INT32_END
+
+
+def _is_transfers(item: Submission) -> bool:
+    """A list of transfers rather than a computation. The exact-type test first: the ABC's
+    ``isinstance`` was ~3 % of a batch's decision time."""
+    kind = type(item)
+    return kind is list or kind is tuple or isinstance(item, Sequence)
 
 
 def _popcount(value: int) -> int:

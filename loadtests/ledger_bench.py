@@ -38,6 +38,8 @@ import asyncpg
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from gwallet.migrate import migrate
+from gwallet.runtime import tune_gc
+from gwallet.settings import Settings
 from ledger_core import (
     Account,
     CreateTransferResult,
@@ -311,6 +313,8 @@ async def bench(args: argparse.Namespace) -> dict:
     started = time.perf_counter()
     world = await seed(pool, engine, args.citizens)
     seed_seconds = time.perf_counter() - started
+    # As in every service process (gwallet/runtime.py): the startup state frozen, fewer GCs.
+    tune_gc(Settings().gc_gen0_threshold)
     print(f"naive baseline for {args.seconds}s ...", file=sys.stderr)
     naive = await run_naive(pool, world, args.seconds, args.naive_clients)
     print(f"batching engine for {args.seconds}s ...", file=sys.stderr)
