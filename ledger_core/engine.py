@@ -522,7 +522,7 @@ class LedgerEngine:
         now = self._clock()
 
         def decide(shared_rows: list[asyncpg.Record]) -> tuple[BatchDecision, BatchState]:
-            accounts = {row[0]: AccountBalance(*row) for row in unshared}
+            accounts = {row[0]: AccountBalance(*row[:11]) for row in unshared}
             for row in shared_rows:
                 accounts[row[0]] = AccountBalance(*row)
             state = BatchState(accounts, dict(transfers), dict(failed), dict(status), dict(rows))
@@ -532,6 +532,7 @@ class LedgerEngine:
             return decision, state
 
         decision, state = decide(shared)
+        state_ctids = {row[0]: row[11] for row in unshared}
         # The shared accounts this decision depends on: those it changed, and those whose
         # exact totals bounded a result (a refusal, or a subsidy cut to what is left).
         relevant = [
@@ -539,20 +540,20 @@ class LedgerEngine:
             if row["id"] in decision.touched or row["id"] in decision.shared_refused
         ]
         if not relevant:
-            await self._write(conn, batch, decision, state, batch_id, now)
+            await self._write(conn, batch, decision, state, batch_id, now, state_ctids)
         else:
             # Optimistic: write everything but the shared accounts, then lock those (the
             # last rows this batch locks) and apply the batch's change to their current
             # totals. Held only for that update, the chain append and the commit.
             await conn.execute("SAVEPOINT ledger_shared")
-            await self._write(conn, batch, decision, state, batch_id, now,
+            await self._write(conn, batch, decision, state, batch_id, now, state_ctids,
                               skip={row["id"] for row in relevant})
             current = await conn.fetch(
                 Q["lock_shared_accounts"], sorted((row["id"] for row in relevant), key=_uuid_int)
             )
             if _still_valid(decision, relevant, current):
                 touched = [row for row in relevant if row["id"] in decision.touched]
-                await _update_accounts(conn, _rebased(state, touched, current))
+                await _update_accounts(conn, _rebased(state, touched, current), {})
             else:
                 # The shared balances moved in a way that could change a result: decide
                 # again on locked, current values. Rolling back to the savepoint also
@@ -564,7 +565,7 @@ class LedgerEngine:
                     Q["lock_shared_accounts"], sorted((row["id"] for row in shared), key=_uuid_int)
                 )
                 decision, state = decide(list(locked))
-                await self._write(conn, batch, decision, state, batch_id, now)
+                await self._write(conn, batch, decision, state, batch_id, now, state_ctids)
         await self._append_chain(conn, decision, batch_id, now)
         return decision
 
@@ -576,12 +577,14 @@ class LedgerEngine:
         state: BatchState,
         batch_id: int,
         now: datetime,
+        ctids: dict[uuid.UUID, Any],
         skip: set[uuid.UUID] | frozenset[uuid.UUID] = frozenset(),
     ) -> None:
-        """Write a decided batch (all but the chain link), the accounts in ``skip`` aside."""
+        """Write a decided batch (all but the chain link), the accounts in ``skip`` aside.
+        ``ctids`` locates the rows this transaction locked (lock_accounts)."""
         touched = [state.accounts[i] for i in decision.touched if i not in skip]
         if touched:
-            await _update_accounts(conn, touched)
+            await _update_accounts(conn, touched, ctids)
         new = decision.transfers
         if new:
             # COPY, not INSERT ... unnest: half the time for a batch of 2,000 (BENCHMARKS.md).
@@ -719,15 +722,35 @@ async def _read_rows(
     return rows
 
 
-async def _update_accounts(conn: asyncpg.Connection, accounts: list[AccountBalance]) -> None:
-    await conn.execute(
-        Q["update_account_totals"],
-        [a.id for a in accounts],
-        [a.debits_pending for a in accounts],
-        [a.debits_posted for a in accounts],
-        [a.credits_pending for a in accounts],
-        [a.credits_posted for a in accounts],
-    )
+async def _update_accounts(
+    conn: asyncpg.Connection, accounts: list[AccountBalance], ctids: dict[uuid.UUID, Any]
+) -> None:
+    """Write the accounts' new totals: those this transaction locked by the ctid of the
+    locked row (no index descent), the others (shared accounts) by id."""
+    located = [a for a in accounts if a.id in ctids]
+    by_id = [a for a in accounts if a.id not in ctids] if len(located) < len(accounts) else []
+    if located:
+        status = await conn.execute(
+            Q["update_locked_account_totals"],
+            [ctids[a.id] for a in located],
+            [a.id for a in located],
+            [a.debits_pending for a in located],
+            [a.debits_posted for a in located],
+            [a.credits_pending for a in located],
+            [a.credits_posted for a in located],
+        )
+        if status != f"UPDATE {len(located)}":
+            # Cannot happen while the row locks hold; never write a batch half-applied.
+            raise RuntimeError(f"locked accounts moved: {status} of {len(located)}")
+    if by_id:
+        await conn.execute(
+            Q["update_account_totals"],
+            [a.id for a in by_id],
+            [a.debits_pending for a in by_id],
+            [a.debits_posted for a in by_id],
+            [a.credits_pending for a in by_id],
+            [a.credits_posted for a in by_id],
+        )
 
 
 def _still_valid(

@@ -15,9 +15,10 @@ WHERE t.id IS NOT NULL OR f.id IS NOT NULL
 -- name: lock_accounts
 -- Locks the batch's accounts that are not shared, in sorted id order. Every batch of every
 -- process locks in the same global order (unshared by id, then shared by id, then the chain
--- head), so none can deadlock another.
+-- head), so none can deadlock another. The ctid (where the locked row version is) lets the
+-- batch's update reach each row without a second descent of the primary key.
 SELECT id, ledger, code, debits_must_not_exceed_credits, credits_must_not_exceed_debits, closed,
-       debits_pending, debits_posted, credits_pending, credits_posted, shared
+       debits_pending, debits_posted, credits_pending, credits_posted, shared, ctid
 FROM ledger_accounts
 WHERE id = ANY($1::uuid[]) AND NOT shared
 ORDER BY id
@@ -40,6 +41,20 @@ FOR UPDATE
 
 -- name: pending_resolutions
 SELECT pending_id, status FROM ledger_pending_resolutions WHERE pending_id = ANY($1::uuid[])
+
+-- name: update_locked_account_totals
+-- The accounts this transaction has locked (lock_accounts), by the ctid of the locked row:
+-- no other transaction can update a row we hold, so it is still there; a TID scan instead of
+-- an index scan per account (BENCHMARKS.md). The id must match too: the engine checks that
+-- every row was updated.
+UPDATE ledger_accounts AS a
+SET debits_pending = u.debits_pending,
+    debits_posted = u.debits_posted,
+    credits_pending = u.credits_pending,
+    credits_posted = u.credits_posted
+FROM unnest($1::tid[], $2::uuid[], $3::bigint[], $4::bigint[], $5::bigint[], $6::bigint[])
+     AS u (ctid, id, debits_pending, debits_posted, credits_pending, credits_posted)
+WHERE a.ctid = u.ctid AND a.id = u.id
 
 -- name: update_account_totals
 UPDATE ledger_accounts AS a

@@ -437,3 +437,43 @@ async def test_connections_the_server_dropped_are_replaced_without_failing_calle
         )
     assert results == [[R.OK]] * 50
     assert await balance(fresh_pool, target.id) == 51
+
+
+async def test_a_batch_decided_on_a_shared_balance_that_moved_is_decided_again(
+    pool: asyncpg.Pool,
+) -> None:
+    """Engine B reads the shared budget unlocked, then waits for its lock while engine A
+    (another process, in effect) spends it: B's batch is decided again on the locked value,
+    after rolling back to its savepoint, and its other transfers are written once, right."""
+    budget = account(limited=True, shared=True)
+    bank = account(shared=True)
+    alice, bob, carol, shop = account(limited=True), account(), account(), account()
+    await make_accounts(pool, budget, bank, alice, bob, carol, shop)
+    async with running_engine(pool) as setup:
+        assert await setup.create_transfers([transfer(bank, budget, 1_000),
+                                              transfer(bank, alice, 500)]) == [R.OK, R.OK]
+    holder = await pool.acquire()
+    transaction = holder.transaction()
+    await transaction.start()
+    await holder.execute("SELECT 1 FROM ledger_accounts WHERE id = $1 FOR UPDATE", budget.id)
+    async with running_engine(pool) as engine_a, \
+            running_engine(pool, batch_window_ms=100.0) as engine_b:
+        first = asyncio.create_task(engine_a.create_transfers([transfer(budget, shop, 600)]))
+        await asyncio.sleep(0.3)  # A has read the budget (1,000 left) and waits for its lock
+        second = asyncio.gather(  # one batch of B: an unshared transfer and a spend
+            engine_b.create_transfers([transfer(alice, bob, 200)]),
+            engine_b.create_transfers([transfer(budget, carol, 600)]),
+        )
+        await asyncio.sleep(0.5)  # B too has decided on 1,000 left, and waits behind A
+        await transaction.rollback()
+        await pool.release(holder)
+        assert await first == [R.OK]
+        assert await second == [[R.OK], [R.EXCEEDS_CREDITS]]
+        assert engine_b.stats.redecided == 1
+        assert engine_a.stats.redecided == 0
+    assert await balance(pool, budget.id) == 400
+    assert await balance(pool, alice.id) == 300
+    assert await balance(pool, bob.id) == 200
+    assert await balance(pool, carol.id) == 0
+    report = await verify_ledger(pool, SIGNING_KEY.public_key())
+    assert report.ok, report.failures
