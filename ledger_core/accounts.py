@@ -43,6 +43,7 @@ def account_exists_result(account: Account, row: Mapping[str, Any]) -> CreateAcc
         account.debits_must_not_exceed_credits != row["debits_must_not_exceed_credits"]
         or account.credits_must_not_exceed_debits != row["credits_must_not_exceed_debits"]
         or account.shared != row["shared"]
+        or account.history != row["history"]
     ):
         return A.EXISTS_WITH_DIFFERENT_FLAGS
     if account.user_data_128 != row["user_data_128"]:
@@ -81,6 +82,7 @@ async def create_accounts(
             [a.user_data_64 for a in valid.values()],
             [a.user_data_32 for a in valid.values()],
             [a.shared for a in valid.values()],
+            [a.history for a in valid.values()],
         )
         inserted = {row["id"] for row in rows}
     existing_ids = [i for i in valid if i not in inserted]

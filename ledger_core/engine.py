@@ -77,7 +77,7 @@ _RETRYABLE = (
 TRANSFER_COLUMNS = [
     "id", "debit_account_id", "credit_account_id", "amount", "ledger", "code", "flags",
     "pending_id", "timeout_seconds", "user_data_128", "user_data_64", "user_data_32",
-    "batch_id", "batch_index", "created_at", "expires_at",
+    "batch_id", "batch_index", "created_at", "expires_at", "debit_history", "credit_history",
 ]
 _SCAN_LIMIT = 20_000  # submissions looked at to form one batch
 _UNAVAILABLE = (
@@ -501,12 +501,18 @@ class LedgerEngine:
             for pending in pendings.values():
                 account_ids.add(pending.debit_account_id)
                 account_ids.add(pending.credit_account_id)
-        wanted = sorted(account_ids, key=_uuid_int)
-        unshared = await conn.fetch(Q["lock_accounts"], wanted)
+        # Each account is looked up once: those known to be shared (a fact that never
+        # changes) are not asked for under lock; the shared ones are read, unlocked, from
+        # what the locking read did not return (shared, or missing).
+        known_shared = self._shared_ids
+        unshared = await conn.fetch(Q["lock_accounts"], sorted(
+            (i for i in account_ids if i not in known_shared), key=_uuid_int))
         shared: list[asyncpg.Record] = []
-        if len(unshared) < len(wanted):
-            shared = await conn.fetch(Q["read_shared_accounts"], wanted)
-            self._shared_ids.update(row["id"] for row in shared)
+        if len(unshared) < len(account_ids):
+            found = {row[0] for row in unshared}
+            shared = await conn.fetch(
+                Q["read_shared_accounts"], [i for i in account_ids if i not in found])
+            known_shared.update(row[0] for row in shared)
         # Which ids exist or failed is read AFTER the locks and the shared accounts: a batch
         # of another process that committed one of our ids has then either committed before
         # these reads (we see its transfer: exists) or will make our insert conflict (the
@@ -522,9 +528,9 @@ class LedgerEngine:
         now = self._clock()
 
         def decide(shared_rows: list[asyncpg.Record]) -> tuple[BatchDecision, BatchState]:
-            accounts = {row[0]: AccountBalance(*row[:11]) for row in unshared}
+            accounts = {row[0]: AccountBalance(*row[:12]) for row in unshared}
             for row in shared_rows:
-                accounts[row[0]] = AccountBalance(*row)
+                accounts[row[0]] = AccountBalance(*row[:12])  # (lock_shared adds the ctid)
             state = BatchState(accounts, dict(transfers), dict(failed), dict(status), dict(rows))
             decision = decide_batch(
                 submissions, state, batch_id=batch_id, now=now, expire=expire
@@ -532,7 +538,7 @@ class LedgerEngine:
             return decision, state
 
         decision, state = decide(shared)
-        state_ctids = {row[0]: row[11] for row in unshared}
+        state_ctids = {row[0]: row[12] for row in unshared}
         # The shared accounts this decision depends on: those it changed, and those whose
         # exact totals bounded a result (a refusal, or a subsidy cut to what is left).
         relevant = [
@@ -553,7 +559,8 @@ class LedgerEngine:
             )
             if _still_valid(decision, relevant, current):
                 touched = [row for row in relevant if row["id"] in decision.touched]
-                await _update_accounts(conn, _rebased(state, touched, current), {})
+                await _update_accounts(conn, _rebased(state, touched, current),
+                                       {row[0]: row[12] for row in current})
             else:
                 # The shared balances moved in a way that could change a result: decide
                 # again on locked, current values. Rolling back to the savepoint also
@@ -564,6 +571,7 @@ class LedgerEngine:
                 locked = await conn.fetch(
                     Q["lock_shared_accounts"], sorted((row["id"] for row in shared), key=_uuid_int)
                 )
+                state_ctids.update((row[0], row[12]) for row in locked)
                 decision, state = decide(list(locked))
                 await self._write(conn, batch, decision, state, batch_id, now, state_ctids)
         await self._append_chain(conn, decision, batch_id, now)
@@ -587,14 +595,17 @@ class LedgerEngine:
             await _update_accounts(conn, touched, ctids)
         new = decision.transfers
         if new:
+            accounts = state.accounts
             # COPY, not INSERT ... unnest: half the time for a batch of 2,000 (BENCHMARKS.md).
+            # Each side's history flag puts it in the per-account index, or not.
             await conn.copy_records_to_table(
                 "ledger_transfers",
                 columns=TRANSFER_COLUMNS,
                 records=[
                     (t.id, t.debit_account_id, t.credit_account_id, t.amount, t.ledger, t.code,
                      t.flags, t.pending_id, t.timeout_seconds, t.user_data_128, t.user_data_64,
-                     t.user_data_32, batch_id, t.batch_index, now, t.expires_at)
+                     t.user_data_32, batch_id, t.batch_index, now, t.expires_at,
+                     accounts[t.debit_account_id].history, accounts[t.credit_account_id].history)
                     for t in new
                 ],
             )
@@ -660,6 +671,7 @@ class LedgerEngine:
                 credits_must_not_exceed_debits=row["credits_must_not_exceed_debits"],
                 closed=row["closed"],
                 shared=row["shared"],
+                history=row["history"],
                 debits_pending=row["debits_pending"],
                 debits_posted=row["debits_posted"],
                 credits_pending=row["credits_pending"],
@@ -764,8 +776,8 @@ def _still_valid(
     """
     now_rows = {row["id"]: row for row in current}
     for row in seen:
-        then = AccountBalance(*row)
-        now = AccountBalance(*now_rows[row["id"]])
+        then = AccountBalance(*row[:12])
+        now = AccountBalance(*now_rows[row["id"]][:12])
         if now.closed != then.closed:
             return False
         if then.headroom is None:
@@ -796,6 +808,7 @@ def _rebased(
             credits_must_not_exceed_debits=after.credits_must_not_exceed_debits,
             closed=now["closed"],
             shared=True,
+            history=after.history,
             debits_pending=now["debits_pending"] + after.debits_pending - row["debits_pending"],
             debits_posted=now["debits_posted"] + after.debits_posted - row["debits_posted"],
             credits_pending=now["credits_pending"] + after.credits_pending

@@ -58,6 +58,9 @@ class Account(msgspec.Struct, frozen=True, kw_only=True):
     credits_must_not_exceed_debits: bool = False
     # Touched by many concurrent transfers (a program budget): locked last and briefly.
     shared: bool = False
+    # Keeps a listable history of its transfers (a citizen's wallet): its side of each
+    # transfer goes into a per-account index. Like TigerBeetle's `history` flag.
+    history: bool = False
     user_data_128: uuid.UUID = ZERO_ID
     user_data_64: int = 0
     user_data_32: int = 0
@@ -81,6 +84,7 @@ class AccountBalance(msgspec.Struct, gc=False):
     credits_pending: int
     credits_posted: int
     shared: bool = False
+    history: bool = False
 
     @property
     def balance_posted(self) -> int:

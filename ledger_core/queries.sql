@@ -18,7 +18,7 @@ WHERE t.id IS NOT NULL OR f.id IS NOT NULL
 -- head), so none can deadlock another. The ctid (where the locked row version is) lets the
 -- batch's update reach each row without a second descent of the primary key.
 SELECT id, ledger, code, debits_must_not_exceed_credits, credits_must_not_exceed_debits, closed,
-       debits_pending, debits_posted, credits_pending, credits_posted, shared, ctid
+       debits_pending, debits_posted, credits_pending, credits_posted, shared, history, ctid
 FROM ledger_accounts
 WHERE id = ANY($1::uuid[]) AND NOT shared
 ORDER BY id
@@ -27,13 +27,14 @@ FOR UPDATE
 -- name: read_shared_accounts
 -- The batch's shared accounts as they are now, without a lock (the engine checks later).
 SELECT id, ledger, code, debits_must_not_exceed_credits, credits_must_not_exceed_debits, closed,
-       debits_pending, debits_posted, credits_pending, credits_posted, shared
+       debits_pending, debits_posted, credits_pending, credits_posted, shared, history
 FROM ledger_accounts
 WHERE id = ANY($1::uuid[]) AND shared
 
 -- name: lock_shared_accounts
+-- The shared accounts of a batch, locked last (sorted), with the ctid of the locked row.
 SELECT id, ledger, code, debits_must_not_exceed_credits, credits_must_not_exceed_debits, closed,
-       debits_pending, debits_posted, credits_pending, credits_posted, shared
+       debits_pending, debits_posted, credits_pending, credits_posted, shared, history, ctid
 FROM ledger_accounts
 WHERE id = ANY($1::uuid[])
 ORDER BY id
@@ -100,16 +101,16 @@ INSERT INTO ledger_checkpoints (seq, link, public_key, signature) VALUES ($1, $2
 -- name: insert_accounts
 INSERT INTO ledger_accounts (
     id, ledger, code, debits_must_not_exceed_credits, credits_must_not_exceed_debits,
-    user_data_128, user_data_64, user_data_32, shared)
+    user_data_128, user_data_64, user_data_32, shared, history)
 SELECT * FROM unnest($1::uuid[], $2::integer[], $3::integer[], $4::boolean[], $5::boolean[],
-                     $6::uuid[], $7::bigint[], $8::integer[], $9::boolean[])
+                     $6::uuid[], $7::bigint[], $8::integer[], $9::boolean[], $10::boolean[])
 ON CONFLICT (id) DO NOTHING
 RETURNING id
 
 -- name: lookup_accounts
 SELECT id, ledger, code, debits_must_not_exceed_credits, credits_must_not_exceed_debits, closed,
-       shared, debits_pending, debits_posted, credits_pending, credits_posted, user_data_128,
-       user_data_64, user_data_32
+       shared, history, debits_pending, debits_posted, credits_pending, credits_posted,
+       user_data_128, user_data_64, user_data_32
 FROM ledger_accounts
 WHERE id = ANY($1::uuid[])
 

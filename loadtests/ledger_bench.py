@@ -134,13 +134,18 @@ def run_pgbench(url: str, seconds: int, simple_update: bool = False) -> float:
 async def seed(pool: asyncpg.Pool, engine: LedgerEngine, citizens: int) -> World:
     treasury, budget = new_id(), new_id()
     wallets = [new_id() for _ in range(citizens)]
-    citizen_payables = [new_id() for _ in range(MERCHANTS)]
-    state_payables = [new_id() for _ in range(MERCHANTS)]
+    # A merchant's two payables are made together, as merchant_api.merchants.payable_accounts
+    # makes them at onboarding: shared (credited by many payments at once: locked last) and
+    # never negative (settlement debits them).
+    pairs = [(new_id(), new_id()) for _ in range(MERCHANTS)]
+    citizen_payables = [c for c, _ in pairs]
+    state_payables = [s for _, s in pairs]
     await create_accounts(pool, [
         Account(id=treasury, ledger=THB, code=CODE_TREASURY, shared=True),
         Account(id=budget, ledger=THB, code=CODE_BUDGET, debits_must_not_exceed_credits=True,
                 shared=True),
-        *(Account(id=i, ledger=THB, code=CODE_PAYABLE) for i in citizen_payables + state_payables),
+        *(Account(id=i, ledger=THB, code=CODE_PAYABLE, debits_must_not_exceed_credits=True,
+                  shared=True) for pair in pairs for i in pair),
     ])
     # A million accounts go in by COPY: one statement per 100,000 rows.
     async with pool.acquire() as conn:
@@ -148,8 +153,9 @@ async def seed(pool: asyncpg.Pool, engine: LedgerEngine, citizens: int) -> World
             chunk = wallets[start:start + 100_000]
             await conn.copy_records_to_table(
                 "ledger_accounts",
-                records=[(w, THB, CODE_WALLET, True) for w in chunk],
-                columns=["id", "ledger", "code", "debits_must_not_exceed_credits"],
+                # Wallets keep their history (listed movements), like the product's.
+                records=[(w, THB, CODE_WALLET, True, True) for w in chunk],
+                columns=["id", "ledger", "code", "debits_must_not_exceed_credits", "history"],
             )
     funding = [Transfer(id=new_id(), debit_account_id=treasury, credit_account_id=budget,
                         amount=10**15, ledger=THB, code=1)]
@@ -224,7 +230,7 @@ async def run_engine(engine: LedgerEngine, world: World, seconds: float, in_flig
 # -- the naive baseline ----------------------------------------------------------------------
 
 NAIVE_LOCK = """
-SELECT id, debits_posted, credits_posted, debits_must_not_exceed_credits
+SELECT id, debits_posted, credits_posted, debits_must_not_exceed_credits, history
 FROM ledger_accounts WHERE id = ANY($1::uuid[]) ORDER BY id FOR UPDATE
 """
 NAIVE_UPDATE = """
@@ -234,8 +240,9 @@ WHERE id = $1
 NAIVE_INSERT = """
 INSERT INTO ledger_transfers (id, debit_account_id, credit_account_id, amount, ledger, code,
     flags, timeout_seconds, user_data_128, user_data_64, user_data_32, batch_id, batch_index,
-    created_at)
-VALUES ($1, $2, $3, $4, 764, $5, $6, 0, '00000000-0000-0000-0000-000000000000', 0, 0, $7, $8, $9)
+    created_at, debit_history, credit_history)
+VALUES ($1, $2, $3, $4, 764, $5, $6, 0, '00000000-0000-0000-0000-000000000000', 0, 0, $7, $8, $9,
+        $10, $11)
 """
 
 
@@ -256,7 +263,9 @@ async def naive_payment(conn: asyncpg.Connection, transfers: list[Transfer]) -> 
             await conn.execute(NAIVE_UPDATE, t.debit_account_id, t.amount, 0)
             await conn.execute(NAIVE_UPDATE, t.credit_account_id, 0, t.amount)
             await conn.execute(NAIVE_INSERT, t.id, t.debit_account_id, t.credit_account_id,
-                               t.amount, t.code, int(t.flags), batch_id, index, now)
+                               t.amount, t.code, int(t.flags), batch_id, index, now,
+                               rows[t.debit_account_id]["history"],
+                               rows[t.credit_account_id]["history"])
             stored.append(StoredTransfer(
                 id=t.id, debit_account_id=t.debit_account_id,
                 credit_account_id=t.credit_account_id, amount=t.amount, ledger=THB, code=t.code,

@@ -139,7 +139,7 @@ _BIRTH_SPAN_DAYS = 18_262  # 50 years: everyone is an adult
 
 ACCOUNT_COLUMNS = [
     "id", "ledger", "code", "debits_must_not_exceed_credits", "credits_must_not_exceed_debits",
-    "user_data_128", "user_data_64", "user_data_32", "shared",
+    "user_data_128", "user_data_64", "user_data_32", "shared", "history",
 ]  # what ledger_core.create_accounts inserts (queries.sql, insert_accounts)
 CITIZEN_COLUMNS = [
     "id", "national_id_digest", "national_id_digest_key_id", "national_id_encrypted",
@@ -296,7 +296,7 @@ def _account_row(account: Account) -> tuple[Any, ...]:
     return (
         account.id, account.ledger, account.code, account.debits_must_not_exceed_credits,
         account.credits_must_not_exceed_debits, account.user_data_128, account.user_data_64,
-        account.user_data_32, account.shared,
+        account.user_data_32, account.shared, account.history,
     )
 
 

@@ -27,10 +27,11 @@ async def make_accounts(pool: asyncpg.Pool, *accounts: Account) -> None:
 
 
 def account(*, limited: bool = False, credit_limited: bool = False, ledger: int = THB,
-            code: int = CODE_WALLET, shared: bool = False) -> Account:
+            code: int = CODE_WALLET, shared: bool = False, history: bool = False) -> Account:
     return Account(id=new_id(), ledger=ledger, code=code,
                    debits_must_not_exceed_credits=limited,
-                   credits_must_not_exceed_debits=credit_limited, shared=shared)
+                   credits_must_not_exceed_debits=credit_limited, shared=shared,
+                   history=history)
 
 
 def transfer(debit: Account | uuid.UUID, credit: Account | uuid.UUID, amount: int,

@@ -15,15 +15,18 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import asyncpg
+import msgspec
 import pytest
 
 from gwallet.migrate import migrate
 from ledger_core import (
+    CreateAccountResult,
     CreateTransferResult,
     Effect,
     LedgerOverloaded,
     LedgerUnavailable,
     TransferFlags,
+    create_accounts,
     verify_ledger,
 )
 from ledger_core.sql import load_queries, query_files
@@ -477,3 +480,52 @@ async def test_a_batch_decided_on_a_shared_balance_that_moved_is_decided_again(
     assert await balance(pool, carol.id) == 0
     report = await verify_ledger(pool, SIGNING_KEY.public_key())
     assert report.ok, report.failures
+
+
+async def test_only_the_sides_whose_account_keeps_history_are_indexed(
+    pool: asyncpg.Pool,
+) -> None:
+    """A transfer records, per side, whether its account keeps history (a wallet); only
+    those sides go into the per-account indexes that list an account's transfers."""
+    wallet = account(limited=True, history=True)
+    bank, shop = account(shared=True), account()
+    await make_accounts(pool, wallet, bank, shop)
+    async with running_engine(pool) as engine:
+        top_up, pay = transfer(bank, wallet, 500), transfer(wallet, shop, 200)
+        assert await engine.create_transfers([top_up, pay]) == [R.OK, R.OK]
+        # A post inherits the pending transfer's accounts, and so their history.
+        reserve = transfer(wallet, shop, 100, flags=TransferFlags.PENDING)
+        post = transfer(None, None, 60, ledger=0, code=0, pending_id=reserve.id,
+                        flags=TransferFlags.POST_PENDING_TRANSFER)
+        assert await engine.create_transfers([reserve]) == [R.OK]
+        assert await engine.create_transfers([post]) == [R.OK]
+    rows = {r["id"]: (r["debit_history"], r["credit_history"]) for r in await pool.fetch(
+        "SELECT id, debit_history, credit_history FROM ledger_transfers WHERE id = ANY($1)",
+        [top_up.id, pay.id, reserve.id, post.id])}
+    assert rows == {top_up.id: (False, True), pay.id: (True, False),
+                    reserve.id: (True, False), post.id: (True, False)}
+    indexed = {
+        name: {r["id"] for r in await pool.fetch(
+            f"SELECT t.id FROM ledger_transfers t WHERE t.{side}_account_id = ANY($1) "
+            f"AND t.{side}_history IS NOT FALSE", [wallet.id, bank.id, shop.id])}
+        for name, side in (("debit", "debit"), ("credit", "credit"))
+    }
+    assert indexed == {"debit": {pay.id, reserve.id, post.id}, "credit": {top_up.id}}
+    async with pool.acquire() as conn, conn.transaction():
+        await conn.execute("SET LOCAL enable_seqscan = off")
+        await conn.execute("SET LOCAL enable_bitmapscan = off")
+        plan = "\n".join(r[0] for r in await conn.fetch(
+            "EXPLAIN SELECT id FROM ledger_transfers WHERE debit_account_id = $1 "
+            "AND debit_history IS NOT FALSE ORDER BY batch_id DESC, batch_index DESC LIMIT 5",
+            wallet.id))
+    assert "ledger_transfers_debit_history" in plan
+
+
+async def test_an_account_replayed_with_another_history_flag_exists_with_different_flags(
+    pool: asyncpg.Pool,
+) -> None:
+    first = account(history=True)
+    assert await create_accounts(pool, [first]) == [CreateAccountResult.OK]
+    again = msgspec.structs.replace(first, history=False)
+    assert await create_accounts(pool, [first, again]) == [
+        CreateAccountResult.EXISTS, CreateAccountResult.EXISTS_WITH_DIFFERENT_FLAGS]

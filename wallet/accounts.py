@@ -4,7 +4,7 @@ Account codes (why an account exists; 1xx belong to the treasury and programs):
 
 | code | account | flags |
 |---|---|---|
-| 200 | a citizen's own-money wallet, one per citizen | ``debits_must_not_exceed_credits``: never negative |
+| 200 | a citizen's own-money wallet, one per citizen | ``debits_must_not_exceed_credits``: never negative; ``history``: its transfers are listed |
 | 201 | a bank partner's clearing account, one per partner | ``shared``, no limit: the bank's money entering the system |
 
 Transfer codes (why money moved) of this package:
@@ -38,6 +38,7 @@ def wallet_account(account_id: uuid.UUID, citizen_id: uuid.UUID) -> Account:
         ledger=THB,
         code=CITIZEN_WALLET,
         debits_must_not_exceed_credits=True,
+        history=True,  # its movements are listed (GET /v1/citizen/transactions)
         user_data_128=citizen_id,
     )
 

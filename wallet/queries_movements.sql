@@ -12,11 +12,12 @@ WHERE id = $1 AND (debit_account_id = $2 OR credit_account_id = $2);
 
 -- name: list_movements
 -- $1 wallet account, $2 citizen, ($3, $4) the cursor's (batch_id, batch_index), $5 limit.
--- Each side walks its own index (ledger_transfers_debit_account / _credit_account).
+-- Each side walks its own partial index (ledger_transfers_debit_history / _credit_history:
+-- a wallet keeps history, migration 0012); the history conditions are those indexes' own.
 -- Shown: not a void (8), and not a pending transfer (2) that has been resolved.
 WITH shown AS (
     (SELECT t.* FROM ledger_transfers t
-     WHERE t.debit_account_id = $1
+     WHERE t.debit_account_id = $1 AND t.debit_history IS NOT FALSE
        AND (t.batch_id, t.batch_index) < ($3::bigint, $4::integer)
        AND (t.flags & 8) = 0
        AND ((t.flags & 2) = 0
@@ -25,7 +26,7 @@ WITH shown AS (
      LIMIT $5)
     UNION ALL
     (SELECT t.* FROM ledger_transfers t
-     WHERE t.credit_account_id = $1
+     WHERE t.credit_account_id = $1 AND t.credit_history IS NOT FALSE
        AND (t.batch_id, t.batch_index) < ($3::bigint, $4::integer)
        AND (t.flags & 8) = 0
        AND ((t.flags & 2) = 0
