@@ -30,6 +30,7 @@ _HEADER = struct.Struct(">9sqqii")
 # id, debit, credit, amount, pending_id, user_data_128, user_data_64, user_data_32,
 # timeout_seconds, ledger, code, flags, batch_index, created_at_us, expires_at_us
 _TRANSFER = struct.Struct(">16s16s16sq16s16sqiiiiiiqq")
+_PACK_TRANSFER = _TRANSFER.pack
 _EXPIRY = struct.Struct(">c16s")
 _CHECKPOINT = struct.Struct(">18sq32s")
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
@@ -51,14 +52,18 @@ def batch_bytes(
     expired_pending_ids: Iterable[uuid.UUID],
 ) -> bytes:
     """The canonical bytes of one batch. Transfers in batch order; expiries sorted by id."""
-    body = [transfer_bytes(t) for t in transfers]
+    # The batch's transfers share its creation time: its microseconds are counted once.
+    batch_us = microseconds(created_at)
+    body = [transfer_bytes(t, batch_us if t.created_at is created_at else None)
+            for t in transfers]
     expiries = [_EXPIRY.pack(b"X", pending_id.bytes) for pending_id in sorted(expired_pending_ids)]
     header = _HEADER.pack(_MAGIC, batch_id, microseconds(created_at), len(body), len(expiries))
     return b"".join([header, *body, *expiries])
 
 
-def transfer_bytes(t: StoredTransfer) -> bytes:
-    return _TRANSFER.pack(
+def transfer_bytes(t: StoredTransfer, created_us: int | None = None) -> bytes:
+    """``created_us``: ``microseconds(t.created_at)`` when the caller has it already."""
+    return _PACK_TRANSFER(
         t.id.bytes,
         t.debit_account_id.bytes,
         t.credit_account_id.bytes,
@@ -72,8 +77,8 @@ def transfer_bytes(t: StoredTransfer) -> bytes:
         t.code,
         t.flags,
         t.batch_index,
-        microseconds(t.created_at),
-        microseconds(t.expires_at),
+        microseconds(t.created_at) if created_us is None else created_us,
+        0 if t.expires_at is None else microseconds(t.expires_at),
     )
 
 

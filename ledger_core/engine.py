@@ -14,7 +14,7 @@ and commits them in ONE PostgreSQL transaction:
    failures, pending resolutions, and any effects callers attached (their rows too);
 6. lock the shared accounts (sorted, after all others) and check that the decision still
    holds for their current totals (their headroom moved by one offset over the whole batch;
-   see ``_still_valid``): if so, add the batch's change to them; if not, roll back to a
+   see ``_rebased_if_still_valid``): if so, add the batch's change to them; if not, roll back to a
    savepoint and decide again on the locked values. A shared account's row is therefore
    held only for one update, the chain append and the commit, not for the whole batch:
    that is what lets every payment debit one budget account at thousands per second;
@@ -80,6 +80,9 @@ TRANSFER_COLUMNS = [
     "batch_id", "batch_index", "created_at", "expires_at", "debit_history", "credit_history",
 ]
 _SCAN_LIMIT = 20_000  # submissions looked at to form one batch
+# A submission passed over this many times (another process's batches held one of its
+# accounts each time) is next taken by a batch that waits for the locks instead.
+_DEFERRALS_MAX = 3
 _UNAVAILABLE = (
     OSError,
     asyncio.TimeoutError,
@@ -147,7 +150,8 @@ class EngineConfig:
 
 
 class _Submission:
-    __slots__ = ("transfers", "computation", "effects", "expire", "future", "computed")
+    __slots__ = ("transfers", "computation", "effects", "expire", "future", "computed",
+                 "deferrals")
 
     def __init__(
         self,
@@ -163,6 +167,7 @@ class _Submission:
         self.expire = expire
         self.future = future
         self.computed: list[Transfer] = []  # what the computation decided, once committed
+        self.deferrals = 0  # batches that passed it over: an account was held elsewhere
 
     @property
     def item(self) -> Sequence[Transfer] | Computation:
@@ -184,6 +189,17 @@ class _Submission:
         ids.discard(None)
         return ids  # type: ignore[return-value]
 
+    def touches(self, pendings: dict[uuid.UUID, StoredTransfer]) -> set[Any]:
+        """Its accounts, with those of the pending transfers it posts, voids or expires."""
+        accounts = self.accounts()
+        named = [t.pending_id for t in self.transfers if t.pending_id is not None]
+        for pending_id in (*named, *self.expire):
+            pending = pendings.get(pending_id)
+            if pending is not None:
+                accounts.add(pending.debit_account_id)
+                accounts.add(pending.credit_account_id)
+        return accounts
+
 
 @dataclass(frozen=True, slots=True)
 class BatchStats:
@@ -191,6 +207,7 @@ class BatchStats:
     transfers: int
     retries: int  # batches run again after a deadlock, serialization failure or duplicate id
     redecided: int  # batches decided again because a shared account moved meanwhile
+    deferred: int  # submissions passed to a later batch: a batch elsewhere held an account
 
 
 class LedgerEngine:
@@ -219,6 +236,7 @@ class LedgerEngine:
         self._transfers = 0
         self._retries = 0
         self._redecided = 0
+        self._deferred = 0
 
     # -- lifecycle ---------------------------------------------------------------------
 
@@ -253,7 +271,8 @@ class LedgerEngine:
 
     @property
     def stats(self) -> BatchStats:
-        return BatchStats(self._batches, self._transfers, self._retries, self._redecided)
+        return BatchStats(self._batches, self._transfers, self._retries, self._redecided,
+                          self._deferred)
 
     @property
     def public_key(self) -> bytes:
@@ -385,6 +404,15 @@ class LedgerEngine:
         self._queue.extendleft(reversed(passed_over))
         return batch, taken, locked
 
+    def _defer(self, deferred: list[_Submission]) -> None:
+        """Put submissions back at the front of the queue, in order, for a later batch."""
+        for submission in deferred:
+            submission.deferrals += 1
+        self._deferred += len(deferred)
+        self._queue.extendleft(reversed(deferred))
+        self._queued_transfers += sum(s.size for s in deferred)
+        self._wakeup.set()
+
     async def _expire_loop(self) -> None:
         while True:
             await asyncio.sleep(self._config.expiry_interval_seconds)
@@ -448,32 +476,12 @@ class LedgerEngine:
                 submission.future.set_result(results)
 
     async def _commit(self, batch: list[_Submission]) -> BatchDecision:
-        submissions = [s.item for s in batch]
-        expire = [pending_id for s in batch for pending_id in s.expire]
-        ids: set[uuid.UUID] = set(expire)
-        pending_ids: list[uuid.UUID] = []
-        account_ids: set[uuid.UUID] = set()
-        for s in batch:
-            if s.computation is not None:
-                ids.update(s.computation.transfer_ids())
-                account_ids.update(s.computation.accounts())
-                continue
-            for t in s.transfers:
-                ids.add(t.id)
-                if t.flags & _POST_OR_VOID and t.pending_id is not None:
-                    ids.add(t.pending_id)
-                    pending_ids.append(t.pending_id)
-                if t.debit_account_id is not None:
-                    account_ids.add(t.debit_account_id)
-                if t.credit_account_id is not None:
-                    account_ids.add(t.credit_account_id)
+        """Commit ``batch``; submissions it defers (``_decide_and_write``) leave the list."""
         async with self._pool.acquire() as conn:
             transaction = conn.transaction()
             await transaction.start()
             try:
-                decision = await self._decide_and_write(
-                    conn, batch, submissions, expire, ids, pending_ids, account_ids
-                )
+                decision = await self._decide_and_write(conn, batch)
             except BaseException:
                 if not conn.is_closed():
                     await transaction.rollback()
@@ -485,34 +493,43 @@ class LedgerEngine:
         return decision
 
     async def _decide_and_write(
-        self,
-        conn: asyncpg.Connection,
-        batch: list[_Submission],
-        submissions: list[Sequence[Transfer]],
-        expire: list[uuid.UUID],
-        ids: set[uuid.UUID],
-        pending_ids: list[uuid.UUID],
-        account_ids: set[uuid.UUID],
+        self, conn: asyncpg.Connection, batch: list[_Submission]
     ) -> BatchDecision:
+        submissions, expire, ids, pending_ids, account_ids = _batch_keys(batch)
+        pendings: dict[uuid.UUID, StoredTransfer] = {}
         if pending_ids or expire:
             # The accounts of the pending transfers named, so that they are locked too.
             pendings, _ = _read_lookup(await conn.fetch(Q["lookup_transfers"],
                                                         pending_ids + expire))
-            for pending in pendings.values():
-                account_ids.add(pending.debit_account_id)
-                account_ids.add(pending.credit_account_id)
+            _add_pending_accounts(account_ids, pendings)
         # Each account is looked up once: those known to be shared (a fact that never
-        # changes) are not asked for under lock; the shared ones are read, unlocked, from
-        # what the locking read did not return (shared, or missing).
+        # changes) are not asked for under lock; the others are read, unlocked, from what
+        # the locking read did not return (shared, missing, or held by another batch).
+        # Unshared rows another transaction holds are passed over rather than waited for,
+        # unless a submission of this batch has been deferred too often already: then this
+        # batch waits (in the global lock order), so every submission is decided at last.
         known_shared = self._shared_ids
-        unshared = await conn.fetch(Q["lock_accounts"], sorted(
-            (i for i in account_ids if i not in known_shared), key=_uuid_int))
+        wait = any(s.deferrals >= _DEFERRALS_MAX for s in batch)
+        unshared = await conn.fetch(
+            Q["lock_accounts" if wait else "lock_accounts_skip_locked"],
+            sorted((i for i in account_ids if i not in known_shared), key=_uuid_int))
         shared: list[asyncpg.Record] = []
         if len(unshared) < len(account_ids):
             found = {row[0] for row in unshared}
-            shared = await conn.fetch(
-                Q["read_shared_accounts"], [i for i in account_ids if i not in found])
+            others = await conn.fetch(
+                Q["read_unlocked_accounts"], [i for i in account_ids if i not in found])
+            shared = [row for row in others if row[10]]
             known_shared.update(row[0] for row in shared)
+            held = {row[0] for row in others if not row[10]}
+            if held:
+                # The submissions that need a row another batch holds go to a later batch;
+                # the rows this one locked for them stay locked until it commits (harmless).
+                deferred = [s for s in batch if not held.isdisjoint(s.touches(pendings))]
+                kept = [s for s in batch if held.isdisjoint(s.touches(pendings))]
+                batch[:] = kept
+                self._defer(deferred)
+                submissions, expire, ids, pending_ids, account_ids = _batch_keys(batch)
+                _add_pending_accounts(account_ids, pendings)
         # Which ids exist or failed is read AFTER the locks and the shared accounts: a batch
         # of another process that committed one of our ids has then either committed before
         # these reads (we see its transfer: exists) or will make our insert conflict (the
@@ -541,10 +558,8 @@ class LedgerEngine:
         state_ctids = {row[0]: row[12] for row in unshared}
         # The shared accounts this decision depends on: those it changed, and those whose
         # exact totals bounded a result (a refusal, or a subsidy cut to what is left).
-        relevant = [
-            row for row in shared
-            if row["id"] in decision.touched or row["id"] in decision.shared_refused
-        ]
+        touched, refused = decision.touched, decision.shared_refused
+        relevant = [row for row in shared if row[0] in touched or row[0] in refused]
         if not relevant:
             await self._write(conn, batch, decision, state, batch_id, now, state_ctids)
         else:
@@ -555,12 +570,12 @@ class LedgerEngine:
             await self._write(conn, batch, decision, state, batch_id, now, state_ctids,
                               skip={row["id"] for row in relevant})
             current = await conn.fetch(
-                Q["lock_shared_accounts"], sorted((row["id"] for row in relevant), key=_uuid_int)
+                Q["lock_shared_totals"], sorted((row[0] for row in relevant), key=_uuid_int)
             )
-            if _still_valid(decision, relevant, current):
-                touched = [row for row in relevant if row["id"] in decision.touched]
-                await _update_accounts(conn, _rebased(state, touched, current),
-                                       {row[0]: row[12] for row in current})
+            rebased = _rebased_if_still_valid(decision, state, relevant, current)
+            if rebased is not None:
+                if rebased[0]:
+                    await _update_located(conn, *rebased)
             else:
                 # The shared balances moved in a way that could change a result: decide
                 # again on locked, current values. Rolling back to the savepoint also
@@ -686,6 +701,41 @@ class LedgerEngine:
         return StoredTransfer(**row) if row is not None else None
 
 
+def _batch_keys(
+    batch: list[_Submission],
+) -> tuple[list[Any], list[uuid.UUID], set[uuid.UUID], list[uuid.UUID], set[uuid.UUID]]:
+    """A batch's submissions (as decide_batch takes them), the pending ids it expires, the
+    transfer ids to look up, the pending ids it posts or voids, and the accounts it names."""
+    submissions = [s.item for s in batch]
+    expire = [pending_id for s in batch for pending_id in s.expire]
+    ids: set[uuid.UUID] = set(expire)
+    pending_ids: list[uuid.UUID] = []
+    account_ids: set[uuid.UUID] = set()
+    for s in batch:
+        if s.computation is not None:
+            ids.update(s.computation.transfer_ids())
+            account_ids.update(s.computation.accounts())
+            continue
+        for t in s.transfers:
+            ids.add(t.id)
+            if t.flags & _POST_OR_VOID and t.pending_id is not None:
+                ids.add(t.pending_id)
+                pending_ids.append(t.pending_id)
+            if t.debit_account_id is not None:
+                account_ids.add(t.debit_account_id)
+            if t.credit_account_id is not None:
+                account_ids.add(t.credit_account_id)
+    return submissions, expire, ids, pending_ids, account_ids
+
+
+def _add_pending_accounts(
+    account_ids: set[uuid.UUID], pendings: dict[uuid.UUID, StoredTransfer]
+) -> None:
+    for pending in pendings.values():
+        account_ids.add(pending.debit_account_id)
+        account_ids.add(pending.credit_account_id)
+
+
 def _read_lookup(
     rows: list[asyncpg.Record],
 ) -> tuple[dict[uuid.UUID, StoredTransfer], dict[uuid.UUID, int]]:
@@ -738,12 +788,12 @@ async def _update_accounts(
     conn: asyncpg.Connection, accounts: list[AccountBalance], ctids: dict[uuid.UUID, Any]
 ) -> None:
     """Write the accounts' new totals: those this transaction locked by the ctid of the
-    locked row (no index descent), the others (shared accounts) by id."""
+    locked row (no index descent), the others by id."""
     located = [a for a in accounts if a.id in ctids]
     by_id = [a for a in accounts if a.id not in ctids] if len(located) < len(accounts) else []
     if located:
-        status = await conn.execute(
-            Q["update_locked_account_totals"],
+        await _update_located(
+            conn,
             [ctids[a.id] for a in located],
             [a.id for a in located],
             [a.debits_pending for a in located],
@@ -751,9 +801,6 @@ async def _update_accounts(
             [a.credits_pending for a in located],
             [a.credits_posted for a in located],
         )
-        if status != f"UPDATE {len(located)}":
-            # Cannot happen while the row locks hold; never write a batch half-applied.
-            raise RuntimeError(f"locked accounts moved: {status} of {len(located)}")
     if by_id:
         await conn.execute(
             Q["update_account_totals"],
@@ -765,57 +812,71 @@ async def _update_accounts(
         )
 
 
-def _still_valid(
-    decision: BatchDecision, seen: list[asyncpg.Record], current: list[asyncpg.Record]
-) -> bool:
-    """Does the decision made on ``seen`` (read without a lock) hold for ``current``?
+async def _update_located(
+    conn: asyncpg.Connection, ctids: list[Any], ids: list[uuid.UUID], debits_pending: list[int],
+    debits_posted: list[int], credits_pending: list[int], credits_posted: list[int],
+) -> None:
+    """Write new totals of rows this transaction holds locked, by the ctid of the row."""
+    status = await conn.execute(Q["update_locked_account_totals"], ctids, ids, debits_pending,
+                                debits_posted, credits_pending, credits_posted)
+    if status != f"UPDATE {len(ids)}":
+        # Cannot happen while the row locks hold; never write a batch half-applied.
+        raise RuntimeError(f"locked accounts moved: {status} of {len(ids)}")
+
+
+def _rebased_if_still_valid(
+    decision: BatchDecision,
+    state: BatchState,
+    seen: list[asyncpg.Record],
+    current: list[asyncpg.Record],
+) -> tuple[list[Any], list[uuid.UUID], list[int], list[int], list[int], list[int]] | None:
+    """Does the decision made on ``seen`` (read without a lock) hold for ``current`` (the
+    same accounts, locked now)? If so, the rows to write: each touched account's current
+    totals plus what this batch changed (as ctid, id and the four totals); if not, None.
 
     Every shared account's totals moved by the same offset at every step of the batch, so
     its headroom did too: the batch stays valid if its lowest headroom plus that offset is
     still >= 0, and no refusal for the account's limit could have gone the other way.
+
+    ``seen`` rows are read_unlocked_accounts rows, ``current`` rows lock_shared_totals rows;
+    plain tuples, no structs: a batch has thousands of shared accounts (merchants' payables).
     """
-    now_rows = {row["id"]: row for row in current}
+    now_rows = {row[0]: row for row in current}
+    refused = decision.shared_refused
+    lowest_headroom = decision.shared_min_headroom
+    touched = decision.touched
+    accounts = state.accounts
+    ctids: list[Any] = []
+    ids: list[uuid.UUID] = []
+    dp: list[int] = []
+    dpo: list[int] = []
+    cp: list[int] = []
+    cpo: list[int] = []
     for row in seen:
-        then = AccountBalance(*row[:12])
-        now = AccountBalance(*now_rows[row["id"]][:12])
-        if now.closed != then.closed:
-            return False
-        if then.headroom is None:
-            continue
-        shift = now.headroom - then.headroom
-        if shift > 0 and row["id"] in decision.shared_refused:
-            return False
-        lowest = decision.shared_min_headroom.get(row["id"])
-        if lowest is not None and lowest + shift < 0:
-            return False
-    return True
-
-
-def _rebased(
-    state: BatchState, seen: list[asyncpg.Record], current: list[asyncpg.Record]
-) -> list[AccountBalance]:
-    """The shared accounts' current totals plus what this batch changed."""
-    now_rows = {row["id"]: row for row in current}
-    out: list[AccountBalance] = []
-    for row in seen:
-        after = state.accounts[row["id"]]
-        now = now_rows[row["id"]]
-        out.append(AccountBalance(
-            id=after.id,
-            ledger=after.ledger,
-            code=after.code,
-            debits_must_not_exceed_credits=after.debits_must_not_exceed_credits,
-            credits_must_not_exceed_debits=after.credits_must_not_exceed_debits,
-            closed=now["closed"],
-            shared=True,
-            history=after.history,
-            debits_pending=now["debits_pending"] + after.debits_pending - row["debits_pending"],
-            debits_posted=now["debits_posted"] + after.debits_posted - row["debits_posted"],
-            credits_pending=now["credits_pending"] + after.credits_pending
-            - row["credits_pending"],
-            credits_posted=now["credits_posted"] + after.credits_posted - row["credits_posted"],
-        ))
-    return out
+        account_id = row[0]
+        _, now_closed, now_dp, now_dpo, now_cp, now_cpo, ctid = now_rows[account_id]
+        _, _, _, dnec, cnec, closed, then_dp, then_dpo, then_cp, then_cpo = row[:10]
+        if now_closed != closed:
+            return None
+        if dnec or cnec:
+            if dnec:
+                shift = (now_cpo - now_dp - now_dpo) - (then_cpo - then_dp - then_dpo)
+            else:
+                shift = (now_dpo - now_cp - now_cpo) - (then_dpo - then_cp - then_cpo)
+            if shift > 0 and account_id in refused:
+                return None
+            lowest = lowest_headroom.get(account_id)
+            if lowest is not None and lowest + shift < 0:
+                return None
+        if account_id in touched:
+            after = accounts[account_id]
+            ctids.append(ctid)
+            ids.append(account_id)
+            dp.append(now_dp + after.debits_pending - then_dp)
+            dpo.append(now_dpo + after.debits_posted - then_dpo)
+            cp.append(now_cp + after.credits_pending - then_cp)
+            cpo.append(now_cpo + after.credits_posted - then_cpo)
+    return ctids, ids, dp, dpo, cp, cpo
 
 
 async def _write_effects(

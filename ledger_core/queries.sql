@@ -24,17 +24,39 @@ WHERE id = ANY($1::uuid[]) AND NOT shared
 ORDER BY id
 FOR UPDATE
 
--- name: read_shared_accounts
--- The batch's shared accounts as they are now, without a lock (the engine checks later).
+-- name: lock_accounts_skip_locked
+-- The same, passing over rows another transaction holds (a batch of another process): the
+-- engine defers the submissions that need them to a later batch instead of waiting for that
+-- batch to commit. It never waits, so it cannot deadlock.
+SELECT id, ledger, code, debits_must_not_exceed_credits, credits_must_not_exceed_debits, closed,
+       debits_pending, debits_posted, credits_pending, credits_posted, shared, history, ctid
+FROM ledger_accounts
+WHERE id = ANY($1::uuid[]) AND NOT shared
+ORDER BY id
+FOR UPDATE SKIP LOCKED
+
+-- name: read_unlocked_accounts
+-- The batch's accounts that the locking read did not return, as they are now, without a
+-- lock: the shared ones (the engine checks them later), and unshared ones another
+-- transaction holds (lock_accounts_skip_locked passed over them).
 SELECT id, ledger, code, debits_must_not_exceed_credits, credits_must_not_exceed_debits, closed,
        debits_pending, debits_posted, credits_pending, credits_posted, shared, history
 FROM ledger_accounts
-WHERE id = ANY($1::uuid[]) AND shared
+WHERE id = ANY($1::uuid[])
 
 -- name: lock_shared_accounts
 -- The shared accounts of a batch, locked last (sorted), with the ctid of the locked row.
 SELECT id, ledger, code, debits_must_not_exceed_credits, credits_must_not_exceed_debits, closed,
        debits_pending, debits_posted, credits_pending, credits_posted, shared, history, ctid
+FROM ledger_accounts
+WHERE id = ANY($1::uuid[])
+ORDER BY id
+FOR UPDATE
+
+-- name: lock_shared_totals
+-- The shared accounts a decision depends on, locked last (sorted): what the check of the
+-- decision and the update need, nothing more (a batch has thousands of them).
+SELECT id, closed, debits_pending, debits_posted, credits_pending, credits_posted, ctid
 FROM ledger_accounts
 WHERE id = ANY($1::uuid[])
 ORDER BY id

@@ -176,7 +176,7 @@ async def seed(pool: asyncpg.Pool, engine: LedgerEngine, citizens: int) -> World
 def payment(world: World, rng: random.Random) -> tuple[list[Transfer], int]:
     amount = rng.randint(2_000, 30_000)
     subsidy = min(amount // 2, 15_000)
-    merchant = rng.randrange(MERCHANTS)
+    merchant = rng.randrange(len(world.citizen_payables))
     wallet = world.wallets[rng.randrange(len(world.wallets))]
     transfers = [
         Transfer(id=new_id(), debit_account_id=wallet,
@@ -205,9 +205,12 @@ def summarize(name: str, seconds: float, latencies: list[float], failed: int) ->
 # -- the engine ------------------------------------------------------------------------------
 
 
-async def run_engine(engine: LedgerEngine, world: World, seconds: float, in_flight: int) -> Phase:
+async def run_engine(
+    engine: LedgerEngine, world: World, seconds: float, in_flight: int, *, seed_base: int = 0,
+    latencies_out: list[float] | None = None,
+) -> Phase:
     deadline = time.perf_counter() + seconds
-    latencies: list[float] = []
+    latencies: list[float] = [] if latencies_out is None else latencies_out
     failed = 0
 
     async def client(seed_value: int) -> None:
@@ -223,8 +226,76 @@ async def run_engine(engine: LedgerEngine, world: World, seconds: float, in_flig
                 failed += 1
 
     started = time.perf_counter()
-    await asyncio.gather(*(client(n) for n in range(in_flight)))
-    return summarize("engine", time.perf_counter() - started, latencies, failed)
+    await asyncio.gather(*(client(seed_base + n) for n in range(in_flight)))
+    return summarize("engine", time.perf_counter() - started, list(latencies), failed)
+
+
+# -- the engine in several processes (as `gwallet serve --workers N` runs it) -----------------
+
+
+async def load_world(pool: asyncpg.Pool) -> World:
+    """The seeded world, read back from the database (a child process did not seed it)."""
+    rows = await pool.fetch("SELECT id, code FROM ledger_accounts WHERE code IN ($1, $2)",
+                            CODE_TREASURY, CODE_BUDGET)
+    by_code = {row["code"]: row["id"] for row in rows}
+    wallets = [r[0] for r in await pool.fetch(
+        "SELECT id FROM ledger_accounts WHERE code = $1", CODE_WALLET)]
+    # Payables were made in pairs (citizen share, state share): their physical order.
+    payables = [r[0] for r in await pool.fetch(
+        "SELECT id FROM ledger_accounts WHERE code = $1 ORDER BY ctid", CODE_PAYABLE)]
+    return World(by_code[CODE_TREASURY], by_code[CODE_BUDGET], wallets, payables[0::2],
+                  payables[1::2])
+
+
+async def engine_child(args: argparse.Namespace) -> dict:
+    """One process of the multi-process phase: its own pool, engine and load generator, all
+    started at the same wall-clock moment as its siblings."""
+    pool = await asyncpg.create_pool(args.child_url, min_size=2, max_size=8)
+    world = await load_world(pool)
+    engine = LedgerEngine(pool, engine_config(args), Ed25519PrivateKey.generate())
+    await engine.start()
+    tune_gc(Settings().gc_gen0_threshold)
+    await asyncio.sleep(max(0.0, args.start_at - time.time()))
+    latencies: list[float] = []
+    phase = await run_engine(engine, world, args.seconds, args.in_flight,
+                             seed_base=args.child_index * 1_000_000, latencies_out=latencies)
+    await engine.stop()
+    await pool.close()
+    return {"payments": phase.payments, "failed": phase.failed, "seconds": phase.seconds,
+            "latencies": latencies, "stats": asdict(engine.stats)}
+
+
+async def run_engine_processes(url: str, args: argparse.Namespace) -> Phase:
+    """``args.processes`` engines in processes of their own, each with its load generator
+    (``--in-flight`` payments each), sharing the database: how the service's workers run."""
+    start_at = time.time() + 10  # every child has loaded the world and started its engine
+    common = ["--seconds", str(args.seconds), "--in-flight", str(args.in_flight),
+              "--batch", str(args.batch), "--window-ms", str(args.window_ms),
+              "--concurrency", str(args.concurrency), "--child-url", url,
+              "--start-at", str(start_at)]
+    children = [
+        await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "loadtests.ledger_bench", *common, "--child-index", str(n),
+            stdout=asyncio.subprocess.PIPE, stdin=asyncio.subprocess.DEVNULL)
+        for n in range(args.processes)
+    ]
+    outputs = await asyncio.gather(*(child.communicate() for child in children))
+    for child in children:
+        if child.returncode != 0:
+            raise RuntimeError(f"an engine process failed with exit code {child.returncode}")
+    results = [json.loads(out) for out, _ in outputs]
+    latencies = [value for result in results for value in result["latencies"]]
+    seconds = max(result["seconds"] for result in results)
+    failed = sum(result["failed"] for result in results)
+    stats = {key: sum(result["stats"][key] for result in results) for key in results[0]["stats"]}
+    print(f"engine processes' batches: {stats}", file=sys.stderr)
+    return summarize(f"engine, {args.processes} processes", seconds, latencies, failed)
+
+
+def engine_config(args: argparse.Namespace) -> EngineConfig:
+    return EngineConfig(batch_window_ms=args.window_ms, batch_max_transfers=args.batch,
+                        batch_concurrency=args.concurrency, queue_max_transfers=200_000,
+                        checkpoint_every_batches=1000)
 
 
 # -- the naive baseline ----------------------------------------------------------------------
@@ -313,9 +384,7 @@ async def bench(args: argparse.Namespace) -> dict:
     settings = {r["name"]: r["setting"] for r in await pool.fetch(
         "SELECT name, setting FROM pg_settings WHERE name IN ('synchronous_commit', 'fsync')")}
     assert settings == {"synchronous_commit": "on", "fsync": "on"}, settings
-    config = EngineConfig(batch_window_ms=args.window_ms, batch_max_transfers=args.batch,
-                          batch_concurrency=args.concurrency, queue_max_transfers=200_000,
-                          checkpoint_every_batches=1000)
+    config = engine_config(args)
     engine = LedgerEngine(pool, config, Ed25519PrivateKey.generate())
     await engine.start()
     print(f"seeding {args.citizens:,} citizen wallets ...", file=sys.stderr)
@@ -329,6 +398,11 @@ async def bench(args: argparse.Namespace) -> dict:
     print(f"batching engine for {args.seconds}s ...", file=sys.stderr)
     engine_phase = await run_engine(engine, world, args.seconds, args.in_flight)
     await engine.stop()
+    processes_phase = None
+    if args.processes > 1:
+        print(f"batching engine in {args.processes} processes for {args.seconds}s ...",
+              file=sys.stderr)
+        processes_phase = await run_engine_processes(url, args)
     print("verifying the ledger ...", file=sys.stderr)
     started = time.perf_counter()
     report = await verify_ledger(pool, None)
@@ -345,6 +419,10 @@ async def bench(args: argparse.Namespace) -> dict:
         "engine_over_r_tpcb": round(engine_phase.per_second / r_tpcb, 2),
         "naive_over_r_tpcb": round(naive.per_second / r_tpcb, 2),
         "engine_over_naive": round(engine_phase.per_second / max(naive.per_second, 1e-9), 1),
+        "engine_processes": asdict(processes_phase) if processes_phase else None,
+        "processes": args.processes,
+        "engine_processes_over_r_tpcb": (
+            round(processes_phase.per_second / r_tpcb, 2) if processes_phase else None),
         "verify_ok": report.ok,
         "verify_seconds": round(verify_seconds, 1),
         "verify_failures": [f.detail for f in report.failures[:5]],
@@ -360,12 +438,22 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--citizens", type=int, default=1_000_000)
     parser.add_argument("--seconds", type=int, default=20)
     parser.add_argument("--naive-clients", type=int, default=16)
-    parser.add_argument("--in-flight", type=int, default=4000)
-    parser.add_argument("--batch", type=int, default=2000, help="transfers per batch")
+    parser.add_argument("--in-flight", type=int, default=3000, help="payments in flight per process")
+    parser.add_argument("--batch", type=int, default=1000, help="transfers per batch")
     parser.add_argument("--window-ms", type=float, default=2.0)
-    parser.add_argument("--concurrency", type=int, default=2)
+    parser.add_argument("--concurrency", type=int, default=3, help="batches in flight per process")
+    parser.add_argument("--processes", type=int, default=2,
+                        help="the last phase runs this many engine processes at once, each with "
+                             "its own load generator and --in-flight payments (1: skip it)")
     parser.add_argument("--json", help="also write the result to this file")
+    # A process of the multi-process phase (run by the benchmark itself, not by hand):
+    parser.add_argument("--child-url", help=argparse.SUPPRESS)
+    parser.add_argument("--child-index", type=int, default=0, help=argparse.SUPPRESS)
+    parser.add_argument("--start-at", type=float, default=0.0, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
+    if args.child_url:
+        print(json.dumps(asyncio.run(engine_child(args))))
+        return 0
     result = asyncio.run(bench(args))
     text = json.dumps(result, indent=2)
     print(text)
@@ -374,7 +462,11 @@ def main(argv: list[str] | None = None) -> int:
             out.write(text + "\n")
     ok = result["verify_ok"]
     print(f"\nengine {result['engine']['per_second']:.0f} payments/s = "
-          f"{result['engine_over_r_tpcb']}x R_tpcb ({result['r_tpcb_tps']:.0f} tps); naive "
+          f"{result['engine_over_r_tpcb']}x R_tpcb ({result['r_tpcb_tps']:.0f} tps); "
+          + (f"{args.processes} engine processes {result['engine_processes']['per_second']:.0f}"
+             f"/s = {result['engine_processes_over_r_tpcb']}x; "
+             if result["engine_processes"] else "")
+          + f"naive "
           f"{result['naive']['per_second']:.0f}/s = {result['naive_over_r_tpcb']}x; "
           f"ledger verify {'ok' if ok else 'FAILED'}")
     return 0 if ok else 1

@@ -529,3 +529,46 @@ async def test_an_account_replayed_with_another_history_flag_exists_with_differe
     again = msgspec.structs.replace(first, history=False)
     assert await create_accounts(pool, [first, again]) == [
         CreateAccountResult.EXISTS, CreateAccountResult.EXISTS_WITH_DIFFERENT_FLAGS]
+
+
+async def test_a_submission_whose_account_another_batch_holds_waits_for_a_later_batch(
+    pool: asyncpg.Pool,
+) -> None:
+    """Another process's batch holds a wallet: the submission that needs it is passed to a
+    later batch (the rest of its batch commits at once); after being passed over three
+    times, a batch waits for the lock instead, so it is decided at last, exactly once."""
+    held, free, shop = account(), account(), account()
+    bank = account(shared=True)
+    await make_accounts(pool, held, free, shop, bank)
+    async with running_engine(pool) as setup:
+        assert await setup.create_transfers([transfer(bank, held, 100),
+                                             transfer(bank, free, 100)]) == [R.OK, R.OK]
+    holder = await pool.acquire()
+    transaction = holder.transaction()
+    await transaction.start()
+    await holder.execute("SELECT 1 FROM ledger_accounts WHERE id = $1 FOR UPDATE", held.id)
+    released = False
+    try:
+        async with running_engine(pool, batch_window_ms=50.0) as engine:
+            try:
+                blocked = asyncio.ensure_future(
+                    engine.create_transfers([transfer(held, shop, 30)]))
+                passing = asyncio.ensure_future(
+                    engine.create_transfers([transfer(free, shop, 40)]))
+                assert await asyncio.wait_for(passing, 5) == [R.OK]  # not held up
+                await asyncio.sleep(0.5)
+                assert not blocked.done()  # its batch now waits for the lock
+                assert engine.stats.deferred == 3
+            finally:
+                await transaction.rollback()  # before the engine stops: it would wait
+                released = True
+            assert await asyncio.wait_for(blocked, 5) == [R.OK]
+    finally:
+        if not released:
+            await transaction.rollback()
+        await pool.release(holder)
+    assert await balance(pool, held.id) == 70
+    assert await balance(pool, free.id) == 60
+    assert await balance(pool, shop.id) == 70
+    report = await verify_ledger(pool, SIGNING_KEY.public_key())
+    assert report.ok, report.failures
