@@ -189,6 +189,15 @@ class _Submission:
         ids.discard(None)
         return ids  # type: ignore[return-value]
 
+    def transfer_keys(self) -> set[Any]:
+        """The transfer ids it creates and the pending transfers it names."""
+        if self.computation is not None:
+            return set(self.computation.transfer_ids())
+        keys: set[Any] = {t.id for t in self.transfers}
+        keys.update(t.pending_id for t in self.transfers if t.pending_id is not None)
+        keys.update(self.expire)
+        return keys
+
     def touches(self, pendings: dict[uuid.UUID, StoredTransfer]) -> set[Any]:
         """Its accounts, with those of the pending transfers it posts, voids or expires."""
         accounts = self.accounts()
@@ -237,6 +246,7 @@ class LedgerEngine:
         self._retries = 0
         self._redecided = 0
         self._deferred = 0
+        self._running = 0  # batches in flight
 
     # -- lifecycle ---------------------------------------------------------------------
 
@@ -256,7 +266,7 @@ class LedgerEngine:
             self._expirer.cancel()
             await asyncio.gather(self._expirer, return_exceptions=True)
             self._expirer = None
-        while self._queue:
+        while self._queue or self._running:
             self._wakeup.set()
             await asyncio.sleep(0.001)
         for task in self._workers:
@@ -366,12 +376,19 @@ class LedgerEngine:
                 self._wakeup.clear()
             self._queued_transfers -= taken
             self._busy_accounts |= locked
+            self._running += 1
             try:
                 await self._run(batch)
             except Exception as exc:  # noqa: BLE001 - a worker must never die
                 _log.exception("ledger batch failed")
                 _fail(batch, LedgerUnavailable(str(exc)))
+            except BaseException:
+                # Cancelled mid-batch (stop() waits for batches in flight, so only when the
+                # task is cancelled from outside): the outcome is unknown, say so.
+                _fail(batch, LedgerUnavailable("the ledger engine was stopped"))
+                raise
             finally:
+                self._running -= 1
                 self._busy_accounts -= locked
                 if self._queue:
                     self._wakeup.set()
@@ -386,6 +403,11 @@ class LedgerEngine:
         batch: list[_Submission] = []
         passed_over: list[_Submission] = []
         locked: set[Any] = set()
+        # What passed-over submissions hold back: a later submission that shares one of
+        # their unshared accounts, transfer ids or pending ids is passed over too, so that
+        # submissions that depend on each other are decided in the order they came.
+        held_accounts: set[Any] = set()
+        held_keys: set[Any] = set()
         taken = 0
         scanned = 0
         while self._queue and scanned < _SCAN_LIMIT:
@@ -395,8 +417,12 @@ class LedgerEngine:
             self._queue.popleft()
             scanned += 1
             accounts = submission.accounts() - shared
-            if busy and not accounts.isdisjoint(busy):
+            if (busy and not accounts.isdisjoint(busy)) or (passed_over and (
+                    not accounts.isdisjoint(held_accounts)
+                    or not submission.transfer_keys().isdisjoint(held_keys))):
                 passed_over.append(submission)
+                held_accounts |= accounts
+                held_keys |= submission.transfer_keys()
                 continue
             batch.append(submission)
             taken += submission.size
@@ -456,13 +482,18 @@ class LedgerEngine:
                 await asyncio.sleep(min(0.5, 0.01 * 2**attempt))
                 continue
             except asyncpg.PostgresError:
-                if len(batch) == 1:
+                if len(batch) <= 1:
                     _log.exception("ledger submission rejected by the database")
                     _fail(batch, LedgerUnavailable("the database rejected this submission"))
                     return
                 middle = len(batch) // 2
-                await self._run(batch[:middle])
-                await self._run(batch[middle:])
+                first, second = batch[:middle], batch[middle:]
+                try:
+                    await self._run(first)
+                    await self._run(second)
+                finally:
+                    # What the halves deferred to later batches is no longer this batch's.
+                    batch[:] = [*first, *second]
                 return
             break
         self._batches += 1
@@ -524,8 +555,24 @@ class LedgerEngine:
             if held:
                 # The submissions that need a row another batch holds go to a later batch;
                 # the rows this one locked for them stay locked until it commits (harmless).
-                deferred = [s for s in batch if not held.isdisjoint(s.touches(pendings))]
-                kept = [s for s in batch if held.isdisjoint(s.touches(pendings))]
+                # A later submission that shares an unshared account, a transfer id or a
+                # pending id with a deferred one is deferred with it: arrival order holds.
+                # (Only accounts with a limit flag: a credit to another cannot change a result.)
+                limited = {row[0] for row in unshared if row[3] or row[4]}
+                poisoned: set[Any] = set(held)
+                deferred, kept = [], []
+                for s in batch:
+                    touched = s.touches(pendings)
+                    if not held.isdisjoint(touched):
+                        deferred.append(s)
+                        poisoned |= (touched & limited) | s.transfer_keys()
+                        continue
+                    keys = (touched & limited) | s.transfer_keys()
+                    if poisoned.isdisjoint(keys):
+                        kept.append(s)
+                    else:
+                        deferred.append(s)
+                        poisoned |= keys
                 batch[:] = kept
                 self._defer(deferred)
                 submissions, expire, ids, pending_ids, account_ids = _batch_keys(batch)
@@ -536,6 +583,16 @@ class LedgerEngine:
         # batch runs again). Read before, a replay could be judged on balances that already
         # include its own first attempt.
         transfers, failed = _read_lookup(await conn.fetch(Q["lookup_transfers"], list(ids)))
+        # A pending transfer named here that another process committed after the first
+        # lookup above: its accounts are neither locked nor read. Run the batch again (it
+        # then finds the pending transfer first and locks its accounts).
+        seen_accounts = {row[0] for row in unshared}
+        seen_accounts.update(row[0] for row in shared)
+        for pending_id in (*pending_ids, *expire):
+            pending = transfers.get(pending_id)
+            if pending is not None and (pending.debit_account_id not in seen_accounts
+                                        or pending.credit_account_id not in seen_accounts):
+                raise RowConflict(f"pending transfer {pending_id} appeared during the batch")
         status: dict[uuid.UUID, PendingStatus] = {}
         if pending_ids or expire:
             for row in await conn.fetch(Q["pending_resolutions"], pending_ids + expire):

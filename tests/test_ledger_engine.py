@@ -23,12 +23,16 @@ from ledger_core import (
     CreateAccountResult,
     CreateTransferResult,
     Effect,
+    EngineConfig,
+    LedgerEngine,
     LedgerOverloaded,
     LedgerUnavailable,
     TransferFlags,
     create_accounts,
+    new_id,
     verify_ledger,
 )
+from ledger_core.engine import _Submission as engine_submission_class
 from ledger_core.sql import load_queries, query_files
 from tests.conftest import _with_database
 from tests.ledger_helpers import SIGNING_KEY, account, make_accounts, running_engine, transfer
@@ -572,3 +576,144 @@ async def test_a_submission_whose_account_another_batch_holds_waits_for_a_later_
     assert await balance(pool, shop.id) == 70
     report = await verify_ledger(pool, SIGNING_KEY.public_key())
     assert report.ok, report.failures
+
+
+async def _hold_row(pool: asyncpg.Pool, account_id) -> tuple[asyncpg.Connection, object]:
+    """Another transaction (a batch of another process, in effect) holding an account row."""
+    holder = await pool.acquire()
+    transaction = holder.transaction()
+    await transaction.start()
+    await holder.execute("SELECT 1 FROM ledger_accounts WHERE id = $1 FOR UPDATE", account_id)
+    return holder, transaction
+
+
+async def test_a_deferred_submission_takes_the_later_ones_that_depend_on_it_along(
+    pool: asyncpg.Pool,
+) -> None:
+    """A top-up from a held account is deferred; the payment from the wallet it credits,
+    queued after it, must not be decided first (it would find the wallet empty)."""
+    held, wallet, shop, bank = account(), account(limited=True), account(), account(shared=True)
+    await make_accounts(pool, held, wallet, shop, bank)
+    async with running_engine(pool) as setup:
+        assert await setup.create_transfers([transfer(bank, held, 100)]) == [R.OK]
+    holder, transaction = await _hold_row(pool, held.id)
+    try:
+        async with running_engine(pool, batch_window_ms=50.0) as engine:
+            top_up = asyncio.ensure_future(engine.create_transfers([transfer(held, wallet, 50)]))
+            await asyncio.sleep(0)  # queued first
+            pay = asyncio.ensure_future(engine.create_transfers([transfer(wallet, shop, 30)]))
+            await asyncio.sleep(0.4)
+            await transaction.rollback()
+            results = await asyncio.wait_for(asyncio.gather(top_up, pay), 5)
+    finally:
+        await pool.release(holder)
+    assert results == [[R.OK], [R.OK]]
+    assert await balance(pool, wallet.id) == 20
+
+
+async def test_a_post_queued_after_its_deferred_pending_transfer_finds_it(
+    pool: asyncpg.Pool,
+) -> None:
+    """Deferred with the reservation it posts, not decided before it (which would fail the
+    post's id for good)."""
+    held, shop, bank = account(), account(), account(shared=True)
+    await make_accounts(pool, held, shop, bank)
+    async with running_engine(pool) as setup:
+        assert await setup.create_transfers([transfer(bank, held, 100)]) == [R.OK]
+    reserve = transfer(held, shop, 40, flags=TransferFlags.PENDING)
+    post = transfer(None, None, 40, ledger=0, code=0, pending_id=reserve.id,
+                    flags=TransferFlags.POST_PENDING_TRANSFER)
+    holder, transaction = await _hold_row(pool, held.id)
+    try:
+        async with running_engine(pool, batch_window_ms=50.0) as engine:
+            first = asyncio.ensure_future(engine.create_transfers([reserve]))
+            await asyncio.sleep(0)
+            second = asyncio.ensure_future(engine.create_transfers([post]))
+            await asyncio.sleep(0.4)
+            await transaction.rollback()
+            results = await asyncio.wait_for(asyncio.gather(first, second), 5)
+    finally:
+        await pool.release(holder)
+    assert results == [[R.OK], [R.OK]]
+    assert await balance(pool, shop.id) == 40
+
+
+def engine_submission(transfers, future) -> engine_submission_class:
+    return engine_submission_class(transfers, None, (), (), future)
+
+
+def test_a_batch_passes_over_what_depends_on_a_submission_it_passes_over() -> None:
+    """Within one process: a submission whose account a batch in flight holds waits for the
+    next batch, and so do the later ones that share an account or a transfer id with it;
+    the others go now."""
+    engine = LedgerEngine(None, EngineConfig(), SIGNING_KEY)  # type: ignore[arg-type]
+    busy, wallet, other, shop, till = (account() for _ in range(5))
+    reserve = transfer(busy, wallet, 10, flags=TransferFlags.PENDING)
+    submissions = {
+        "blocked": [transfer(busy, wallet, 5)],
+        "same_wallet": [transfer(wallet, shop, 1)],
+        "independent": [transfer(other, till, 1)],
+        "reserve": [reserve],
+        "post_of_reserve": [transfer(None, None, 10, ledger=0, code=0, pending_id=reserve.id,
+                                     flags=TransferFlags.POST_PENDING_TRANSFER)],
+    }
+    loop = asyncio.new_event_loop()
+    try:
+        for name, transfers in submissions.items():
+            engine._queue.append(engine_submission(transfers, loop.create_future()))
+        engine._busy_accounts = {busy.id}
+        batch, _, _ = engine._take_batch()
+    finally:
+        loop.close()
+    taken = [next(n for n, t in submissions.items() if t is s.transfers) for s in batch]
+    assert taken == ["independent"]
+    assert [list(s.transfers) for s in engine._queue] == [
+        submissions["blocked"], submissions["same_wallet"], submissions["reserve"],
+        submissions["post_of_reserve"]]
+
+
+async def test_a_wallet_created_without_the_history_flag_keeps_history_all_the_same(
+    pool: asyncpg.Pool,
+) -> None:
+    """A process of the release before migration 0012 inserts wallets without the flag
+    (its insert has no such column): the wallet keeps its history, and its transfers are
+    listed."""
+    wallet, other = new_id(), new_id()
+    await pool.execute(
+        "INSERT INTO ledger_accounts (id, ledger, code, debits_must_not_exceed_credits) "
+        "VALUES ($1, 764, 200, true), ($2, 764, 201, false)", wallet, other)
+    rows = {r["id"]: r["history"] for r in await pool.fetch(
+        "SELECT id, history FROM ledger_accounts WHERE id = ANY($1)", [wallet, other])}
+    assert rows == {wallet: True, other: False}
+    bank = account(shared=True)
+    await make_accounts(pool, bank)
+    async with running_engine(pool) as engine:
+        top_up = transfer(bank, wallet, 70)
+        assert await engine.create_transfers([top_up]) == [R.OK]
+    listed = await pool.fetch(
+        "SELECT id FROM ledger_transfers WHERE credit_account_id = $1 "
+        "AND credit_history IS NOT FALSE", wallet)
+    assert [r["id"] for r in listed] == [top_up.id]
+
+
+async def test_stopping_waits_for_the_batches_in_flight_and_answers_their_callers(
+    pool: asyncpg.Pool,
+) -> None:
+    held, shop, bank = account(), account(), account(shared=True)
+    await make_accounts(pool, held, shop, bank)
+    async with running_engine(pool) as setup:
+        assert await setup.create_transfers([transfer(bank, held, 100)]) == [R.OK]
+    holder, transaction = await _hold_row(pool, held.id)
+    engine = LedgerEngine(pool, EngineConfig(batch_window_ms=1.0), SIGNING_KEY)
+    await engine.start()
+    try:
+        paying = asyncio.ensure_future(engine.create_transfers([transfer(held, shop, 30)]))
+        await asyncio.sleep(0.3)  # deferred three times, then a batch waits for the lock
+        stopping = asyncio.ensure_future(engine.stop())
+        await asyncio.sleep(0.3)
+        assert not stopping.done() and not paying.done()
+    finally:
+        await transaction.rollback()
+        await pool.release(holder)
+    await asyncio.wait_for(stopping, 5)
+    assert paying.result() == [R.OK]
