@@ -14,8 +14,8 @@ and commits them in ONE PostgreSQL transaction:
    failures, pending resolutions, and any effects callers attached (their rows too);
 6. lock the shared accounts (sorted, after all others) and check that the decision still
    holds for their current totals (their headroom moved by one offset over the whole batch;
-   see ``_rebased_if_still_valid``): if so, add the batch's change to them; if not, roll back to a
-   savepoint and decide again on the locked values. A shared account's row is therefore
+   see ``_rebased_if_still_valid``): if so, add the batch's change to them; if not, roll
+   back to a savepoint and decide again on the locked values. A shared account's row is therefore
    held only for one update, the chain append and the commit, not for the whole batch:
    that is what lets every payment debit one budget account at thousands per second;
 7. append the batch to the hash chain (the head row is locked last), sign a checkpoint
@@ -417,12 +417,15 @@ class LedgerEngine:
             self._queue.popleft()
             scanned += 1
             accounts = submission.accounts() - shared
-            if (busy and not accounts.isdisjoint(busy)) or (passed_over and (
-                    not accounts.isdisjoint(held_accounts)
-                    or not submission.transfer_keys().isdisjoint(held_keys))):
+            blocked = bool(busy) and not accounts.isdisjoint(busy)
+            keys: set[Any] | None = None
+            if not blocked and passed_over:
+                keys = submission.transfer_keys()
+                blocked = not (accounts.isdisjoint(held_accounts) and keys.isdisjoint(held_keys))
+            if blocked:
                 passed_over.append(submission)
                 held_accounts |= accounts
-                held_keys |= submission.transfer_keys()
+                held_keys |= submission.transfer_keys() if keys is None else keys
                 continue
             batch.append(submission)
             taken += submission.size
@@ -586,15 +589,15 @@ class LedgerEngine:
         # A pending transfer named here that another process committed after the first
         # lookup above: its accounts are neither locked nor read. Run the batch again (it
         # then finds the pending transfer first and locks its accounts).
-        seen_accounts = {row[0] for row in unshared}
-        seen_accounts.update(row[0] for row in shared)
-        for pending_id in (*pending_ids, *expire):
-            pending = transfers.get(pending_id)
-            if pending is not None and (pending.debit_account_id not in seen_accounts
-                                        or pending.credit_account_id not in seen_accounts):
-                raise RowConflict(f"pending transfer {pending_id} appeared during the batch")
         status: dict[uuid.UUID, PendingStatus] = {}
         if pending_ids or expire:
+            seen_accounts = {row[0] for row in unshared}
+            seen_accounts.update(row[0] for row in shared)
+            for pending_id in (*pending_ids, *expire):
+                pending = transfers.get(pending_id)
+                if pending is not None and (pending.debit_account_id not in seen_accounts
+                                            or pending.credit_account_id not in seen_accounts):
+                    raise RowConflict(f"pending transfer {pending_id} appeared during the batch")
             for row in await conn.fetch(Q["pending_resolutions"], pending_ids + expire):
                 status[row["pending_id"]] = PendingStatus(row["status"])
         rows = await _read_rows(conn, batch)
@@ -661,10 +664,20 @@ class LedgerEngine:
         skip: set[uuid.UUID] | frozenset[uuid.UUID] = frozenset(),
     ) -> None:
         """Write a decided batch (all but the chain link), the accounts in ``skip`` aside.
-        ``ctids`` locates the rows this transaction locked (lock_accounts)."""
+        ``ctids`` locates the rows this transaction locked."""
         touched = [state.accounts[i] for i in decision.touched if i not in skip]
         if touched:
-            await _update_accounts(conn, touched, ctids)
+            # Every account written here was locked by this transaction (unshared ones at
+            # the start, shared ones at the end), so each has its ctid.
+            await _update_located(
+                conn,
+                [ctids[a.id] for a in touched],
+                [a.id for a in touched],
+                [a.debits_pending for a in touched],
+                [a.debits_posted for a in touched],
+                [a.credits_pending for a in touched],
+                [a.credits_posted for a in touched],
+            )
         new = decision.transfers
         if new:
             accounts = state.accounts
@@ -839,34 +852,6 @@ async def _read_rows(
         for key in keys:
             rows[(store, key)] = found.get(key)
     return rows
-
-
-async def _update_accounts(
-    conn: asyncpg.Connection, accounts: list[AccountBalance], ctids: dict[uuid.UUID, Any]
-) -> None:
-    """Write the accounts' new totals: those this transaction locked by the ctid of the
-    locked row (no index descent), the others by id."""
-    located = [a for a in accounts if a.id in ctids]
-    by_id = [a for a in accounts if a.id not in ctids] if len(located) < len(accounts) else []
-    if located:
-        await _update_located(
-            conn,
-            [ctids[a.id] for a in located],
-            [a.id for a in located],
-            [a.debits_pending for a in located],
-            [a.debits_posted for a in located],
-            [a.credits_pending for a in located],
-            [a.credits_posted for a in located],
-        )
-    if by_id:
-        await conn.execute(
-            Q["update_account_totals"],
-            [a.id for a in by_id],
-            [a.debits_pending for a in by_id],
-            [a.debits_posted for a in by_id],
-            [a.credits_pending for a in by_id],
-            [a.credits_posted for a in by_id],
-        )
 
 
 async def _update_located(

@@ -79,16 +79,6 @@ FROM unnest($1::tid[], $2::uuid[], $3::bigint[], $4::bigint[], $5::bigint[], $6:
      AS u (ctid, id, debits_pending, debits_posted, credits_pending, credits_posted)
 WHERE a.ctid = u.ctid AND a.id = u.id
 
--- name: update_account_totals
-UPDATE ledger_accounts AS a
-SET debits_pending = u.debits_pending,
-    debits_posted = u.debits_posted,
-    credits_pending = u.credits_pending,
-    credits_posted = u.credits_posted
-FROM unnest($1::uuid[], $2::bigint[], $3::bigint[], $4::bigint[], $5::bigint[])
-     AS u (id, debits_pending, debits_posted, credits_pending, credits_posted)
-WHERE a.id = u.id
-
 -- (Transfers are inserted with COPY by the engine: see TRANSFER_COLUMNS in engine.py.)
 
 -- name: insert_failed_transfers

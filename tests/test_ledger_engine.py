@@ -446,6 +446,15 @@ async def test_connections_the_server_dropped_are_replaced_without_failing_calle
     assert await balance(fresh_pool, target.id) == 51
 
 
+async def _hold_row(pool: asyncpg.Pool, account_id) -> tuple[asyncpg.Connection, object]:
+    """Another transaction (a batch of another process, in effect) holding an account row."""
+    holder = await pool.acquire()
+    transaction = holder.transaction()
+    await transaction.start()
+    await holder.execute("SELECT 1 FROM ledger_accounts WHERE id = $1 FOR UPDATE", account_id)
+    return holder, transaction
+
+
 async def test_a_batch_decided_on_a_shared_balance_that_moved_is_decided_again(
     pool: asyncpg.Pool,
 ) -> None:
@@ -459,10 +468,7 @@ async def test_a_batch_decided_on_a_shared_balance_that_moved_is_decided_again(
     async with running_engine(pool) as setup:
         assert await setup.create_transfers([transfer(bank, budget, 1_000),
                                               transfer(bank, alice, 500)]) == [R.OK, R.OK]
-    holder = await pool.acquire()
-    transaction = holder.transaction()
-    await transaction.start()
-    await holder.execute("SELECT 1 FROM ledger_accounts WHERE id = $1 FOR UPDATE", budget.id)
+    holder, transaction = await _hold_row(pool, budget.id)
     async with running_engine(pool) as engine_a, \
             running_engine(pool, batch_window_ms=100.0) as engine_b:
         first = asyncio.create_task(engine_a.create_transfers([transfer(budget, shop, 600)]))
@@ -547,10 +553,7 @@ async def test_a_submission_whose_account_another_batch_holds_waits_for_a_later_
     async with running_engine(pool) as setup:
         assert await setup.create_transfers([transfer(bank, held, 100),
                                              transfer(bank, free, 100)]) == [R.OK, R.OK]
-    holder = await pool.acquire()
-    transaction = holder.transaction()
-    await transaction.start()
-    await holder.execute("SELECT 1 FROM ledger_accounts WHERE id = $1 FOR UPDATE", held.id)
+    holder, transaction = await _hold_row(pool, held.id)
     released = False
     try:
         async with running_engine(pool, batch_window_ms=50.0) as engine:
@@ -576,15 +579,6 @@ async def test_a_submission_whose_account_another_batch_holds_waits_for_a_later_
     assert await balance(pool, shop.id) == 70
     report = await verify_ledger(pool, SIGNING_KEY.public_key())
     assert report.ok, report.failures
-
-
-async def _hold_row(pool: asyncpg.Pool, account_id) -> tuple[asyncpg.Connection, object]:
-    """Another transaction (a batch of another process, in effect) holding an account row."""
-    holder = await pool.acquire()
-    transaction = holder.transaction()
-    await transaction.start()
-    await holder.execute("SELECT 1 FROM ledger_accounts WHERE id = $1 FOR UPDATE", account_id)
-    return holder, transaction
 
 
 async def test_a_deferred_submission_takes_the_later_ones_that_depend_on_it_along(
