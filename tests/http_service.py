@@ -25,7 +25,11 @@ def serving(app: Litestar) -> Iterator[str]:
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     sock.bind(("127.0.0.1", 0))
     port = sock.getsockname()[1]
-    config = uvicorn.Config(app, lifespan="on", log_config=None, access_log=False)
+    # The server keeps an idle connection longer than httpx's client does (5 s): with equal
+    # timeouts the server could close one just as the client reused it (httpx.ReadError, seen
+    # once in CI under load).
+    config = uvicorn.Config(app, lifespan="on", log_config=None, access_log=False,
+                            timeout_keep_alive=30)
     server = uvicorn.Server(config)
     thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
     thread.start()
