@@ -59,7 +59,7 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
 
     # Ledger batching engine.
     ledger_batch_window_ms: float = 2.0
-    ledger_batch_max_transfers: int = 1000
+    ledger_batch_max_transfers: int = 2000
     ledger_batch_concurrency: int = 2
     ledger_queue_max_transfers: int = 50_000
     ledger_batch_retry_max: int = 5

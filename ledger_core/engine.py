@@ -132,7 +132,7 @@ class Effect:
 @dataclass(frozen=True, slots=True)
 class EngineConfig:
     batch_window_ms: float = 2.0
-    batch_max_transfers: int = 1000
+    batch_max_transfers: int = 2000
     batch_concurrency: int = 2
     queue_max_transfers: int = 50_000
     retry_max: int = 5

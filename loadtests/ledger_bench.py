@@ -438,10 +438,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--citizens", type=int, default=1_000_000)
     parser.add_argument("--seconds", type=int, default=20)
     parser.add_argument("--naive-clients", type=int, default=16)
-    parser.add_argument("--in-flight", type=int, default=3000, help="payments in flight per process")
-    parser.add_argument("--batch", type=int, default=1000, help="transfers per batch")
+    parser.add_argument("--in-flight", type=int, default=4000, help="payments in flight per process")
+    parser.add_argument("--batch", type=int, default=2000, help="transfers per batch")
     parser.add_argument("--window-ms", type=float, default=2.0)
-    parser.add_argument("--concurrency", type=int, default=3, help="batches in flight per process")
+    parser.add_argument("--concurrency", type=int, default=2, help="batches in flight per process")
     parser.add_argument("--processes", type=int, default=2,
                         help="the last phase runs this many engine processes at once, each with "
                              "its own load generator and --in-flight payments (1: skip it)")
