@@ -70,6 +70,10 @@ class Phase:
     p50_ms: float
     p95_ms: float
     p99_ms: float
+    # The multi-process phase only: CPU per payment of the engine processes (engine, asyncpg
+    # and load generator) and of everything else on the machine (PostgreSQL, the kernel).
+    python_cpu_us_per_payment: float | None = None
+    other_cpu_us_per_payment: float | None = None
 
 
 @dataclass
@@ -257,12 +261,25 @@ async def engine_child(args: argparse.Namespace) -> dict:
     tune_gc(Settings().gc_gen0_threshold)
     await asyncio.sleep(max(0.0, args.start_at - time.time()))
     latencies: list[float] = []
+    cpu_started = time.process_time()
     phase = await run_engine(engine, world, args.seconds, args.in_flight,
                              seed_base=args.child_index * 1_000_000, latencies_out=latencies)
+    cpu_seconds = time.process_time() - cpu_started
     await engine.stop()
     await pool.close()
     return {"payments": phase.payments, "failed": phase.failed, "seconds": phase.seconds,
-            "latencies": latencies, "stats": asdict(engine.stats)}
+            "cpu_seconds": cpu_seconds, "latencies": latencies, "stats": asdict(engine.stats)}
+
+
+def machine_busy_seconds() -> float | None:
+    """CPU seconds the whole machine has spent busy since boot (Linux), or None."""
+    try:
+        with open("/proc/stat", encoding="ascii") as stat:
+            ticks = [int(field) for field in stat.readline().split()[1:]]
+    except (OSError, ValueError):
+        return None
+    idle = ticks[3] + (ticks[4] if len(ticks) > 4 else 0)  # idle and iowait
+    return (sum(ticks[:8]) - idle) / os.sysconf("SC_CLK_TCK")
 
 
 async def run_engine_processes(url: str, args: argparse.Namespace) -> Phase:
@@ -279,7 +296,11 @@ async def run_engine_processes(url: str, args: argparse.Namespace) -> Phase:
             stdout=asyncio.subprocess.PIPE, stdin=asyncio.subprocess.DEVNULL)
         for n in range(args.processes)
     ]
-    outputs = await asyncio.gather(*(child.communicate() for child in children))
+    communicating = asyncio.gather(*(child.communicate() for child in children))
+    await asyncio.sleep(max(0.0, start_at - time.time()))
+    busy_started = machine_busy_seconds()
+    outputs = await communicating
+    busy_ended = machine_busy_seconds()
     for child in children:
         if child.returncode != 0:
             raise RuntimeError(f"an engine process failed with exit code {child.returncode}")
@@ -289,7 +310,15 @@ async def run_engine_processes(url: str, args: argparse.Namespace) -> Phase:
     failed = sum(result["failed"] for result in results)
     stats = {key: sum(result["stats"][key] for result in results) for key in results[0]["stats"]}
     print(f"engine processes' batches: {stats}", file=sys.stderr)
-    return summarize(f"engine, {args.processes} processes", seconds, latencies, failed)
+    phase = summarize(f"engine, {args.processes} processes", seconds, latencies, failed)
+    payments = max(1, len(latencies))
+    python_cpu = sum(result["cpu_seconds"] for result in results)
+    phase.python_cpu_us_per_payment = round(python_cpu / payments * 1e6, 1)
+    if busy_started is not None and busy_ended is not None:
+        # The window also holds the children's shutdown: "other" is a slight overestimate.
+        phase.other_cpu_us_per_payment = round(
+            (busy_ended - busy_started - python_cpu) / payments * 1e6, 1)
+    return phase
 
 
 def engine_config(args: argparse.Namespace) -> EngineConfig:
@@ -375,10 +404,10 @@ async def run_naive(pool: asyncpg.Pool, world: World, seconds: float, clients: i
 
 async def bench(args: argparse.Namespace) -> dict:
     admin_url = args.dsn
-    tpcb_url = await recreate_database(admin_url, "gwallet_bench_pgbench")
+    tpcb_url = await recreate_database(admin_url, f"{args.database_prefix}_pgbench")
     print(f"R_tpcb: pgbench for {args.seconds}s ...", file=sys.stderr)
     r_tpcb = await asyncio.to_thread(run_pgbench, tpcb_url, args.seconds)
-    url = await recreate_database(admin_url, "gwallet_bench_ledger")
+    url = await recreate_database(admin_url, f"{args.database_prefix}_ledger")
     await migrate(url)
     pool = await asyncpg.create_pool(url, min_size=4, max_size=max(8, args.naive_clients + 4))
     settings = {r["name"]: r["setting"] for r in await pool.fetch(
@@ -435,6 +464,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--dsn", default=os.environ.get(
         "GWALLET_BENCH_DATABASE_URL", "postgresql://postgres@127.0.0.1:5432/postgres"),
         help="a maintenance database; the benchmark creates its own databases beside it")
+    parser.add_argument("--database-prefix", default="gwallet_bench",
+                        help="its databases are PREFIX_pgbench and PREFIX_ledger (recreated)")
     parser.add_argument("--citizens", type=int, default=1_000_000)
     parser.add_argument("--seconds", type=int, default=20)
     parser.add_argument("--naive-clients", type=int, default=16)
@@ -458,13 +489,17 @@ def main(argv: list[str] | None = None) -> int:
     text = json.dumps(result, indent=2)
     print(text)
     if args.json:
+        os.makedirs(os.path.dirname(args.json) or ".", exist_ok=True)
         with open(args.json, "w", encoding="utf-8") as out:
             out.write(text + "\n")
     ok = result["verify_ok"]
     print(f"\nengine {result['engine']['per_second']:.0f} payments/s = "
           f"{result['engine_over_r_tpcb']}x R_tpcb ({result['r_tpcb_tps']:.0f} tps); "
           + (f"{args.processes} engine processes {result['engine_processes']['per_second']:.0f}"
-             f"/s = {result['engine_processes_over_r_tpcb']}x; "
+             f"/s = {result['engine_processes_over_r_tpcb']}x "
+             f"(CPU per payment: engine processes "
+             f"{result['engine_processes']['python_cpu_us_per_payment']} us, the rest "
+             f"{result['engine_processes']['other_cpu_us_per_payment']} us); "
              if result["engine_processes"] else "")
           + f"naive "
           f"{result['naive']['per_second']:.0f}/s = {result['naive_over_r_tpcb']}x; "
