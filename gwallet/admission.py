@@ -232,9 +232,17 @@ class AdmissionControl:
         now = time.monotonic()
         overloaded = self.overloaded(now)
         while self._waiters:
-            # Under a standing queue the newest waiter goes first (adaptive LIFO) and every
-            # waiter older than the short timeout is refused now (controlled delay).
-            waiter = self._waiters.pop() if overloaded else self._waiters.popleft()
+            # Under a standing queue every waiter older than the short timeout is refused now
+            # (controlled delay), then the newest waiter goes first (adaptive LIFO). The old
+            # ones are at the front: they came in order. Served newest-first they would
+            # otherwise wait out the long timeout they were queued with before the queue
+            # became a standing one (seen: refusals at 500 ms in a spike).
+            if not overloaded:
+                waiter = self._waiters.popleft()
+            elif now - self._waiters[0].since > self._overload_timeout:
+                waiter = self._waiters.popleft()
+            else:
+                waiter = self._waiters.pop()
             self.metrics.admission_queued.dec()
             if waiter.timer is not None:
                 waiter.timer.cancel()

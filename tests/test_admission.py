@@ -330,6 +330,35 @@ async def test_under_a_standing_queue_a_request_waits_only_the_short_overload_de
     assert [response.status_code for response, _ in burst] == [200] * 3
 
 
+async def test_a_request_queued_before_the_queue_stood_is_refused_at_the_next_free_slot(
+    database_url: str, redis_url: str, tmp_path: Path,
+) -> None:
+    """A request that queued while the queue was young got the long wait. Once the queue
+    stands, the next free slot refuses it (it is older than the short delay) even though a
+    newer request takes that slot first-in-LIFO: it must not wait out its long timeout, nor
+    the slot after. (Seen in the 10x spike: 1 % of refusals took 500 ms.)"""
+    with app_with(
+        database_url, redis_url, tmp_path,
+        admission_max_in_flight=1, admission_queue_max=64, admission_queue_timeout_ms=5000,
+        admission_overload_queue_timeout_ms=200, admission_overload_interval_ms=100,
+    ) as url:
+        async with client(url) as api:
+            started = time.perf_counter()
+            holder = asyncio.create_task(api.get(SLOW, params={"seconds": 0.5}))
+            await asyncio.sleep(0.05)
+            early = asyncio.create_task(timed(api, "GET", SLOW, params={"seconds": 0}))
+            await asyncio.sleep(0.35)  # the queue has stood for ~0.3 s: overload mode
+            young = asyncio.create_task(api.get(SLOW, params={"seconds": 0.5}))
+            (response, waited), first, second = await asyncio.gather(early, holder, young)
+            elapsed = time.perf_counter() - started
+    assert first.status_code == 200 and second.status_code == 200
+    assert elapsed >= 1.0  # the young one was served after the holder
+    assert_overloaded(response)
+    # Refused when the holder's slot freed (~0.45 s after it queued), not when the young
+    # one's did (~0.95 s), let alone after its own 5 s.
+    assert waited < 0.7, waited
+
+
 # --- real work: accepted latency stays bounded ------------------------------------------------
 
 
