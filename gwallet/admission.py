@@ -237,9 +237,7 @@ class AdmissionControl:
             # ones are at the front: they came in order. Served newest-first they would
             # otherwise wait out the long timeout they were queued with before the queue
             # became a standing one (seen: refusals at 500 ms in a spike).
-            if not overloaded:
-                waiter = self._waiters.popleft()
-            elif now - self._waiters[0].since > self._overload_timeout:
+            if not overloaded or now - self._waiters[0].since > self._overload_timeout:
                 waiter = self._waiters.popleft()
             else:
                 waiter = self._waiters.pop()

@@ -278,8 +278,10 @@ def machine_busy_seconds() -> float | None:
             ticks = [int(field) for field in stat.readline().split()[1:]]
     except (OSError, ValueError):
         return None
-    idle = ticks[3] + (ticks[4] if len(ticks) > 4 else 0)  # idle and iowait
-    return (sum(ticks[:8]) - idle) / os.sysconf("SC_CLK_TCK")
+    # user, nice, system, idle, iowait, irq, softirq: busy is all but idle and iowait (steal,
+    # the 8th, is time the hypervisor gave to other machines, not work done here).
+    idle = ticks[3] + (ticks[4] if len(ticks) > 4 else 0)
+    return (sum(ticks[:7]) - idle) / os.sysconf("SC_CLK_TCK")
 
 
 async def run_engine_processes(url: str, args: argparse.Namespace) -> Phase:
