@@ -178,6 +178,7 @@ def _engine_config(settings: Settings) -> EngineConfig:
         retry_max=settings.ledger_batch_retry_max,
         checkpoint_every_batches=settings.ledger_checkpoint_every_batches,
         expiry_interval_seconds=settings.ledger_expiry_interval_seconds,
+        shared_accounts_primed_max=settings.ledger_shared_accounts_primed_max,
     )
 
 

@@ -65,6 +65,7 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     ledger_batch_retry_max: int = 5
     ledger_checkpoint_every_batches: int = 1000
     ledger_expiry_interval_seconds: float = 1.0
+    ledger_shared_accounts_primed_max: int = 1_000_000
     # Ed25519 private key, 32 raw bytes as hex, that signs the hash-chain checkpoints.
     # None: a key is made once and kept in data_dir (development only; README says so).
     ledger_signing_key_hex: str | None = None

@@ -56,6 +56,8 @@ from ledger_core.checks import (
     decide_batch,
 )
 from ledger_core.model import (
+    AMOUNT_MAX,
+    ZERO_ID,
     AccountBalance,
     CreateTransferResult,
     PendingStatus,
@@ -83,6 +85,9 @@ _SCAN_LIMIT = 20_000  # submissions looked at to form one batch
 # A submission passed over this many times (another process's batches held one of its
 # accounts each time) is next taken by a batch that waits for the locks instead.
 _DEFERRALS_MAX = 3
+# At most this many shared accounts are read rather than decided on a placeholder.
+_TOTALS_WANTED_MAX = 10_000
+_PRIME_PAGE = 20_000  # shared accounts read per query at start
 _UNAVAILABLE = (
     OSError,
     asyncio.TimeoutError,
@@ -138,6 +143,9 @@ class EngineConfig:
     retry_max: int = 5
     checkpoint_every_batches: int = 1000
     expiry_interval_seconds: float = 1.0
+    # Shared accounts whose placeholders are read at start, in the background (0: none; the
+    # others are learnt at their first batch). About 125 bytes each in every process.
+    shared_accounts_primed_max: int = 1_000_000
 
     def __post_init__(self) -> None:
         assert 0 <= self.batch_window_ms <= 1000, "batch window is 0..1000 ms"
@@ -147,6 +155,7 @@ class EngineConfig:
         assert 0 <= self.retry_max <= 100
         assert self.checkpoint_every_batches >= 1
         assert self.expiry_interval_seconds > 0
+        assert self.shared_accounts_primed_max >= 0
 
 
 class _Submission:
@@ -217,6 +226,7 @@ class BatchStats:
     retries: int  # batches run again after a deadlock, serialization failure or duplicate id
     redecided: int  # batches decided again because a shared account moved meanwhile
     deferred: int  # submissions passed to a later batch: a batch elsewhere held an account
+    shared_known: int  # shared accounts the engine decides on placeholders of, unread
 
 
 class LedgerEngine:
@@ -238,9 +248,15 @@ class LedgerEngine:
         self._wakeup = asyncio.Event()
         self._workers: list[asyncio.Task[None]] = []
         self._expirer: asyncio.Task[None] | None = None
+        self._primer: asyncio.Task[None] | None = None
         self._accepting = False
         self._busy_accounts: set[Any] = set()  # unshared accounts and rows of batches in flight
-        self._shared_ids: set[uuid.UUID] = set()  # accounts known to be shared (immutable)
+        # Accounts known to be shared (a fact that never changes), each with the rest of the
+        # row the engine decides on in place of reading it (see _remember_shared).
+        self._shared: dict[uuid.UUID, tuple[Any, ...]] = {}
+        self._shapes: dict[tuple[Any, ...], tuple[Any, ...]] = {}  # those rests, interned
+        # Shared accounts whose totals bounded a recent decision: read (unlocked) every batch.
+        self._totals_wanted: set[uuid.UUID] = set()
         self._batches = 0
         self._transfers = 0
         self._retries = 0
@@ -258,10 +274,15 @@ class LedgerEngine:
             for n in range(self._config.batch_concurrency)
         ]
         self._expirer = asyncio.create_task(self._expire_loop(), name="ledger-expiry")
+        self._primer = asyncio.create_task(self._prime_shared(), name="ledger-prime")
 
     async def stop(self) -> None:
         """Stop accepting, finish every queued submission, then stop the workers."""
         self._accepting = False
+        if self._primer is not None:
+            self._primer.cancel()
+            await asyncio.gather(self._primer, return_exceptions=True)
+            self._primer = None
         if self._expirer is not None:
             self._expirer.cancel()
             await asyncio.gather(self._expirer, return_exceptions=True)
@@ -282,7 +303,7 @@ class LedgerEngine:
     @property
     def stats(self) -> BatchStats:
         return BatchStats(self._batches, self._transfers, self._retries, self._redecided,
-                          self._deferred)
+                          self._deferred, len(self._shared))
 
     @property
     def public_key(self) -> bytes:
@@ -399,7 +420,7 @@ class LedgerEngine:
         only wait for its row locks, so they go in the next batch instead."""
         limit = self._config.batch_max_transfers
         busy = self._busy_accounts
-        shared = self._shared_ids
+        shared = self._shared
         batch: list[_Submission] = []
         passed_over: list[_Submission] = []
         locked: set[Any] = set()
@@ -416,7 +437,7 @@ class LedgerEngine:
                 break
             self._queue.popleft()
             scanned += 1
-            accounts = submission.accounts() - shared
+            accounts = submission.accounts().difference(shared)  # (a dict: fast path)
             blocked = bool(busy) and not accounts.isdisjoint(busy)
             keys: set[Any] | None = None
             if not blocked and passed_over:
@@ -542,18 +563,31 @@ class LedgerEngine:
         # Unshared rows another transaction holds are passed over rather than waited for,
         # unless a submission of this batch has been deferred too often already: then this
         # batch waits (in the global lock order), so every submission is decided at last.
-        known_shared = self._shared_ids
+        known_shared = self._shared
         wait = any(s.deferrals >= _DEFERRALS_MAX for s in batch)
         unshared = await conn.fetch(
             Q["lock_accounts" if wait else "lock_accounts_skip_locked"],
             sorted((i for i in account_ids if i not in known_shared), key=_uuid_int))
-        shared: list[asyncpg.Record] = []
+        # A shared account already known is not read: the batch is decided on a placeholder
+        # of it (zero totals), and the decision checked against its totals when it is locked
+        # at the end (_rebased_if_still_valid), as for one read without a lock. That holds
+        # whatever the account's totals, unless the decision depended on them: a transfer
+        # refused, or a result cut, by its limit. Then the batch is decided again on locked
+        # values, and the account's totals are read for the next batches.
+        shared: list[Any] = []
+        placeholders: list[uuid.UUID] = []
         if len(unshared) < len(account_ids):
             found = {row[0] for row in unshared}
-            others = await conn.fetch(
-                Q["read_unlocked_accounts"], [i for i in account_ids if i not in found])
+            wanted = self._totals_wanted
+            placeholders = [i for i in account_ids
+                            if i in known_shared and i not in wanted and i not in found]
+            unknown = [i for i in account_ids
+                       if i not in found and (i not in known_shared or i in wanted)]
+            others = await conn.fetch(Q["read_unlocked_accounts"], unknown) if unknown else []
             shared = [row for row in others if row[10]]
-            known_shared.update(row[0] for row in shared)
+            for row in shared:
+                if row[0] not in known_shared:
+                    self._remember_shared(row)
             held = {row[0] for row in others if not row[10]}
             if held:
                 # The submissions that need a row another batch holds go to a later batch;
@@ -580,6 +614,10 @@ class LedgerEngine:
                 self._defer(deferred)
                 submissions, expire, ids, pending_ids, account_ids = _batch_keys(batch)
                 _add_pending_accounts(account_ids, pendings)
+                placeholders = [i for i in placeholders if i in account_ids]
+        # The placeholders go last: every one is checked when locked (below).
+        read_shared = len(shared)
+        shared.extend((i, *known_shared[i]) for i in placeholders)
         # Which ids exist or failed is read AFTER the locks and the shared accounts: a batch
         # of another process that committed one of our ids has then either committed before
         # these reads (we see its transfer: exists) or will make our insert conflict (the
@@ -615,11 +653,15 @@ class LedgerEngine:
             return decision, state
 
         decision, state = decide(shared)
+        if placeholders and decision.shared_refused:
+            self._learn(decision, set(placeholders))
         state_ctids = {row[0]: row[12] for row in unshared}
-        # The shared accounts this decision depends on: those it changed, and those whose
-        # exact totals bounded a result (a refusal, or a subsidy cut to what is left).
+        # The shared accounts this decision depends on: those it changed, those whose exact
+        # totals bounded a result (a refusal, or a subsidy cut to what is left), and every
+        # placeholder: a result may rest on its closed flag, which may be long out of date.
         touched, refused = decision.touched, decision.shared_refused
-        relevant = [row for row in shared if row[0] in touched or row[0] in refused]
+        relevant = [row for row in shared[:read_shared] if row[0] in touched or row[0] in refused]
+        relevant += shared[read_shared:]
         if not relevant:
             await self._write(conn, batch, decision, state, batch_id, now, state_ctids)
         else:
@@ -628,7 +670,7 @@ class LedgerEngine:
             # totals. Held only for that update, the chain append and the commit.
             await conn.execute("SAVEPOINT ledger_shared")
             await self._write(conn, batch, decision, state, batch_id, now, state_ctids,
-                              skip={row["id"] for row in relevant})
+                              skip={row[0] for row in relevant})
             current = await conn.fetch(
                 Q["lock_shared_totals"], sorted((row[0] for row in relevant), key=_uuid_int)
             )
@@ -644,13 +686,61 @@ class LedgerEngine:
                 await conn.execute("ROLLBACK TO SAVEPOINT ledger_shared")
                 self._redecided += 1
                 locked = await conn.fetch(
-                    Q["lock_shared_accounts"], sorted((row["id"] for row in shared), key=_uuid_int)
+                    Q["lock_shared_accounts"], sorted((row[0] for row in shared), key=_uuid_int)
                 )
                 state_ctids.update((row[0], row[12]) for row in locked)
+                for row in locked:
+                    if row[5] and not known_shared[row[0]][4]:
+                        self._remember_shared(row)  # closed meanwhile
                 decision, state = decide(list(locked))
                 await self._write(conn, batch, decision, state, batch_id, now, state_ctids)
         await self._append_chain(conn, decision, batch_id, now)
         return decision
+
+    async def wait_primed(self) -> None:
+        """Until the shared accounts' placeholders are read (tests and benchmarks)."""
+        if self._primer is not None:
+            await asyncio.gather(self._primer, return_exceptions=True)
+
+    async def _prime_shared(self) -> None:
+        """Read the shared accounts' placeholders, a page at a time, so that even the first
+        batches after a start read none of them (a batch of 1,000 payments names ~2,000
+        merchants' payables: reading them costs more than the rest of its reads together).
+        An optimisation only: a failure is logged, and the accounts are learnt batch by batch."""
+        after, left = ZERO_ID, self._config.shared_accounts_primed_max
+        try:
+            while left > 0:
+                async with self._pool.acquire() as conn:
+                    rows = await conn.fetch(Q["page_shared_accounts"], after,
+                                            min(left, _PRIME_PAGE))
+                for row in rows:
+                    if row[0] not in self._shared:  # (a batch may have read it since: newer)
+                        self._remember_shared(row)
+                if len(rows) < _PRIME_PAGE:
+                    return
+                after, left = rows[-1][0], left - len(rows)
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:  # noqa: BLE001 (the batches learn what is missing)
+            _log.warning("reading the shared accounts at start failed: %s", type(exc).__name__)
+
+    def _remember_shared(self, row: Any) -> None:
+        """Keep a shared account's placeholder: its row as read, with zero totals.
+
+        Its ledger, code, limit flags and history flag never change; ``closed`` only goes
+        from false to true, which the late lock sees (the batch is then decided again, and
+        the placeholder follows). Interned: a million merchants' payables share a few."""
+        rest = (*row[1:6], 0, 0, 0, 0, True, row[11])
+        self._shared[row[0]] = self._shapes.setdefault(rest, rest)
+
+    def _learn(self, decision: BatchDecision, placeholders: set[uuid.UUID]) -> None:
+        """Placeholders the decision depended on (a refusal or a result bounded by their
+        limit): read those accounts' totals in the next batches, not decide on zeros again."""
+        depended = decision.shared_refused & placeholders
+        if depended:
+            if len(self._totals_wanted) + len(depended) > _TOTALS_WANTED_MAX:
+                self._totals_wanted.clear()  # bounded; what is still wanted is learnt again
+            self._totals_wanted |= depended
 
     async def _write(
         self,
@@ -876,6 +966,9 @@ def _rebased_if_still_valid(
     same accounts, locked now)? If so, the rows to write: each touched account's current
     totals plus what this batch changed (as ctid, id and the four totals); if not, None.
 
+    A decision made on a placeholder (zero totals: ``_remember_shared``) is checked the same
+    way: its "then" is zero.
+
     Every shared account's totals moved by the same offset at every step of the batch, so
     its headroom did too: the batch stays valid if its lowest headroom plus that offset is
     still >= 0, and no refusal for the account's limit could have gone the other way.
@@ -912,12 +1005,18 @@ def _rebased_if_still_valid(
                 return None
         if account_id in touched:
             after = accounts[account_id]
+            new_dp = now_dp + after.debits_pending - then_dp
+            new_dpo = now_dpo + after.debits_posted - then_dpo
+            new_cp = now_cp + after.credits_pending - then_cp
+            new_cpo = now_cpo + after.credits_posted - then_cpo
+            if new_dp + new_dpo > AMOUNT_MAX or new_cp + new_cpo > AMOUNT_MAX:
+                return None  # a total would overflow: decided on the exact totals, it fails
             ctids.append(ctid)
             ids.append(account_id)
-            dp.append(now_dp + after.debits_pending - then_dp)
-            dpo.append(now_dpo + after.debits_posted - then_dpo)
-            cp.append(now_cp + after.credits_pending - then_cp)
-            cpo.append(now_cpo + after.credits_posted - then_cpo)
+            dp.append(new_dp)
+            dpo.append(new_dpo)
+            cp.append(new_cp)
+            cpo.append(new_cpo)
     return ctids, ids, dp, dpo, cp, cpo
 
 

@@ -62,6 +62,16 @@ WHERE id = ANY($1::uuid[])
 ORDER BY id
 FOR UPDATE
 
+-- name: page_shared_accounts
+-- A page of the shared accounts, in id order after $1 (the engine reads them at start: their
+-- ledger, code and flags never change). By the partial index of migration 0014.
+SELECT id, ledger, code, debits_must_not_exceed_credits, credits_must_not_exceed_debits, closed,
+       debits_pending, debits_posted, credits_pending, credits_posted, shared, history
+FROM ledger_accounts
+WHERE shared AND id > $1
+ORDER BY id
+LIMIT $2
+
 -- name: pending_resolutions
 SELECT pending_id, status FROM ledger_pending_resolutions WHERE pending_id = ANY($1::uuid[])
 

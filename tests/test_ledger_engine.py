@@ -28,14 +28,16 @@ from ledger_core import (
     LedgerOverloaded,
     LedgerUnavailable,
     TransferFlags,
+    close_account,
     create_accounts,
     new_id,
     verify_ledger,
 )
+from ledger_core.model import AMOUNT_MAX
 from ledger_core.engine import _Submission as engine_submission_class
 from ledger_core.sql import load_queries, query_files
 from tests.conftest import _with_database
-from tests.ledger_helpers import SIGNING_KEY, account, make_accounts, running_engine, transfer
+from tests.ledger_helpers import THB, SIGNING_KEY, account, make_accounts, running_engine, transfer
 
 R = CreateTransferResult
 ROOT = Path(__file__).resolve().parent.parent
@@ -469,8 +471,9 @@ async def test_a_batch_decided_on_a_shared_balance_that_moved_is_decided_again(
         assert await setup.create_transfers([transfer(bank, budget, 1_000),
                                               transfer(bank, alice, 500)]) == [R.OK, R.OK]
     holder, transaction = await _hold_row(pool, budget.id)
-    async with running_engine(pool) as engine_a, \
-            running_engine(pool, batch_window_ms=100.0) as engine_b:
+    # Engines that have not read the budget yet (none at start), so they read it unlocked.
+    async with running_engine(pool, shared_accounts_primed_max=0) as engine_a, \
+            running_engine(pool, batch_window_ms=100.0, shared_accounts_primed_max=0) as engine_b:
         first = asyncio.create_task(engine_a.create_transfers([transfer(budget, shop, 600)]))
         await asyncio.sleep(0.3)  # A has read the budget (1,000 left) and waits for its lock
         second = asyncio.gather(  # one batch of B: an unshared transfer and a spend
@@ -488,6 +491,105 @@ async def test_a_batch_decided_on_a_shared_balance_that_moved_is_decided_again(
     assert await balance(pool, alice.id) == 300
     assert await balance(pool, bob.id) == 200
     assert await balance(pool, carol.id) == 0
+    report = await verify_ledger(pool, SIGNING_KEY.public_key())
+    assert report.ok, report.failures
+
+
+async def test_a_known_shared_account_is_decided_on_a_placeholder_and_read_once_it_matters(
+    pool: asyncpg.Pool,
+) -> None:
+    """A shared account the engine has seen is not read again: the batch is decided as if
+    its totals were zero and checked against them when it is locked. Credits never depend on
+    them; the first spend from it is refused on the placeholder, decided again on the locked
+    value (one redecision), and from then on its totals are read, so later spends are decided
+    right the first time, up to the exact limit."""
+    budget = account(limited=True, shared=True)
+    bank, shop = account(shared=True), account(shared=True, limited=True)
+    await make_accounts(pool, budget, bank, shop)
+    async with running_engine(pool) as engine:
+        assert await engine.create_transfers([transfer(bank, budget, 1_000)]) == [R.OK]
+        for _ in range(3):  # bank and the shop's payable are credited/debited on placeholders
+            assert await engine.create_transfers([transfer(bank, shop, 5)]) == [R.OK]
+        assert engine.stats.redecided == 0
+        assert await engine.create_transfers([transfer(budget, shop, 600)]) == [R.OK]
+        assert engine.stats.redecided == 1  # refused on zero, right on the locked 1,000
+        assert await engine.create_transfers([transfer(budget, shop, 300)]) == [R.OK]
+        assert await engine.create_transfers([transfer(budget, shop, 101)]) == [
+            R.EXCEEDS_CREDITS]
+        assert await engine.create_transfers([transfer(budget, shop, 100)]) == [R.OK]
+        assert engine.stats.redecided == 1  # the budget's totals are read now
+        # The shop's payable (limited) was only credited so far: its first debit is decided
+        # on a placeholder too, and comes out right.
+        assert await engine.create_transfers([transfer(shop, bank, 1_015)]) == [R.OK]
+        assert await engine.create_transfers([transfer(shop, bank, 1)]) == [R.EXCEEDS_CREDITS]
+    assert await balance(pool, budget.id) == 0
+    assert await balance(pool, shop.id) == 0
+    report = await verify_ledger(pool, SIGNING_KEY.public_key())
+    assert report.ok, report.failures
+
+
+@pytest.mark.parametrize(("primed_max", "known"), [(1_000_000, 41_003), (30_000, 30_000), (0, 0)])
+async def test_an_engine_reads_the_shared_accounts_at_start_in_pages_up_to_its_setting(
+    fresh_pool: asyncpg.Pool, primed_max: int, known: int,
+) -> None:
+    """Read at start (three pages here), a shared account is decided on a placeholder from
+    the first batch on: the first spend of a budget is refused on it and decided again on
+    the locked value. One not read (primed_max 0) is read by its first batch instead, and
+    decided on a placeholder from the second on."""
+    budget, bank, wallet = account(limited=True, shared=True), account(shared=True), account()
+    await make_accounts(fresh_pool, budget, bank, wallet)
+    await fresh_pool.execute(
+        "INSERT INTO ledger_accounts (id, ledger, code, shared)"
+        " SELECT gen_random_uuid(), $1, 300, true FROM generate_series(1, 41000)", THB)
+    async with running_engine(fresh_pool, shared_accounts_primed_max=0) as setup:
+        assert await setup.create_transfers([transfer(bank, budget, 100)]) == [R.OK]
+    async with running_engine(fresh_pool, shared_accounts_primed_max=primed_max) as engine:
+        await engine.wait_primed()
+        assert engine.stats.shared_known == known
+        # Read in id order: the budget was read if fewer than ``known`` come before it.
+        before = await fresh_pool.fetchval(
+            "SELECT count(*) FROM ledger_accounts WHERE shared AND id < $1", budget.id)
+        assert await engine.create_transfers([transfer(budget, wallet, 60)]) == [R.OK]
+        assert engine.stats.redecided == (1 if before < known else 0)
+        # Either way it is known now, and once decided again its totals are read.
+        assert await engine.create_transfers([transfer(budget, wallet, 60)]) == [
+            R.EXCEEDS_CREDITS]
+        assert await engine.create_transfers([transfer(budget, wallet, 40)]) == [R.OK]
+        assert engine.stats.redecided == 1
+    assert await balance(fresh_pool, wallet.id) == 100
+
+
+async def test_a_shared_account_closed_after_the_engine_knew_it_takes_no_more_transfers(
+    pool: asyncpg.Pool,
+) -> None:
+    bank, shop = account(shared=True), account(shared=True)
+    await make_accounts(pool, bank, shop)
+    async with running_engine(pool) as engine:
+        assert await engine.create_transfers([transfer(bank, shop, 5)]) == [R.OK]
+        assert await close_account(pool, shop.id)
+        assert await engine.create_transfers([transfer(bank, shop, 5)]) == [
+            R.CREDIT_ACCOUNT_ALREADY_CLOSED]
+        assert engine.stats.redecided == 1
+        assert await engine.create_transfers([transfer(bank, shop, 5)]) == [
+            R.CREDIT_ACCOUNT_ALREADY_CLOSED]
+        assert engine.stats.redecided == 1  # the placeholder is closed now too
+    assert await balance(pool, shop.id) == 5
+
+
+async def test_a_credit_that_would_overflow_a_known_shared_account_fails_with_its_code(
+    pool: asyncpg.Pool,
+) -> None:
+    """Decided on a placeholder (zero totals) the credit fits; checked against the locked
+    totals it would overflow, so it is decided again and fails, nothing written."""
+    bank, other_bank, shop = account(), account(), account(shared=True)
+    await make_accounts(pool, bank, other_bank, shop)
+    async with running_engine(pool) as engine:
+        assert await engine.create_transfers([transfer(bank, shop, AMOUNT_MAX - 10)]) == [R.OK]
+        assert await engine.create_transfers([transfer(other_bank, shop, 11)]) == [
+            R.OVERFLOWS_CREDITS_POSTED]
+        assert await engine.create_transfers([transfer(other_bank, shop, 10)]) == [R.OK]
+    assert await balance(pool, shop.id) == AMOUNT_MAX
+    assert await balance(pool, other_bank.id) == -10
     report = await verify_ledger(pool, SIGNING_KEY.public_key())
     assert report.ok, report.failures
 
