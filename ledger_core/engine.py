@@ -15,7 +15,8 @@ and commits them in ONE PostgreSQL transaction:
 6. lock the shared accounts (sorted, after all others) and check that the decision still
    holds for their current totals (their headroom moved by one offset over the whole batch;
    see ``_rebased_if_still_valid``): if so, add the batch's change to them; if not, roll
-   back to a savepoint and decide again on the locked values. A shared account's row is therefore
+   the transaction back and run the batch again, this time locking its shared accounts
+   before deciding (no savepoint: see ``_Redecide``). A shared account's row is therefore
    held only for one update, the chain append and the commit, not for the whole batch:
    that is what lets every payment debit one budget account at thousands per second;
 7. append the batch to the hash chain (the head row is locked last), sign a checkpoint
@@ -33,6 +34,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import operator
 import random
 import uuid
 from collections import deque
@@ -116,6 +118,17 @@ class _CommitOutcomeUnknown(Exception):
     """The connection failed while COMMIT was in flight."""
 
 
+class _Redecide(Exception):
+    """A decision made on shared accounts read without a lock does not hold for their
+    current totals: the batch is rolled back and runs again with them locked first.
+
+    A whole rollback, not a savepoint: an unshared row locked by the transaction and then
+    updated inside a subtransaction gets a MultiXact (two xids in its xmax), which costs
+    every such row an entry in pg_multixact, WAL, and later lookups. A batch is decided
+    again rarely (a handful in 300,000 payments: BENCHMARKS.md), so running it again whole
+    is cheaper than a savepoint in every batch."""
+
+
 class BatchWriter(Protocol):
     """Writes the rows that callers attached to a batch, in its transaction, in one go."""
 
@@ -193,10 +206,12 @@ class _Submission:
         computation also the rows it reads and writes."""
         if self.computation is not None:
             return set(self.computation.accounts()) | set(self.computation.row_keys())
-        ids = {t.debit_account_id for t in self.transfers}
-        ids.update(t.credit_account_id for t in self.transfers)
+        ids = set()  # (a plain loop: twice as fast as comprehensions for two transfers)
+        for t in self.transfers:
+            ids.add(t.debit_account_id)
+            ids.add(t.credit_account_id)
         ids.discard(None)
-        return ids  # type: ignore[return-value]
+        return ids
 
     def transfer_keys(self) -> set[Any]:
         """The transfer ids it creates and the pending transfers it names."""
@@ -476,9 +491,16 @@ class LedgerEngine:
     async def _run(self, batch: list[_Submission]) -> None:
         """Commit a batch, retrying what is retryable, splitting what the database rejects."""
         attempt = 0
+        lock_shared_first = False
         while True:
             try:
-                decision = await self._commit(batch)
+                decision = await self._commit(batch, lock_shared_first)
+            except _Redecide:
+                # Rolled back: run again, deciding on the shared accounts locked (which
+                # cannot raise this again).
+                self._redecided += 1
+                lock_shared_first = True
+                continue
             except _RETRYABLE:
                 attempt += 1
                 self._retries += 1
@@ -530,13 +552,13 @@ class LedgerEngine:
             if not submission.future.done():
                 submission.future.set_result(results)
 
-    async def _commit(self, batch: list[_Submission]) -> BatchDecision:
+    async def _commit(self, batch: list[_Submission], lock_shared_first: bool) -> BatchDecision:
         """Commit ``batch``; submissions it defers (``_decide_and_write``) leave the list."""
         async with self._pool.acquire() as conn:
             transaction = conn.transaction()
             await transaction.start()
             try:
-                decision = await self._decide_and_write(conn, batch)
+                decision = await self._decide_and_write(conn, batch, lock_shared_first)
             except BaseException:
                 if not conn.is_closed():
                     await transaction.rollback()
@@ -548,7 +570,7 @@ class LedgerEngine:
         return decision
 
     async def _decide_and_write(
-        self, conn: asyncpg.Connection, batch: list[_Submission]
+        self, conn: asyncpg.Connection, batch: list[_Submission], lock_shared_first: bool
     ) -> BatchDecision:
         submissions, expire, ids, pending_ids, account_ids = _batch_keys(batch)
         pendings: dict[uuid.UUID, StoredTransfer] = {}
@@ -563,11 +585,14 @@ class LedgerEngine:
         # Unshared rows another transaction holds are passed over rather than waited for,
         # unless a submission of this batch has been deferred too often already: then this
         # batch waits (in the global lock order), so every submission is decided at last.
+        # (Set operations throughout: a batch names thousands of accounts, and a Python
+        # loop over them costs more than the rest of the classification.)
         known_shared = self._shared
         wait = any(s.deferrals >= _DEFERRALS_MAX for s in batch)
+        to_lock = account_ids.difference(known_shared)  # (by a dict: C speed)
         unshared = await conn.fetch(
             Q["lock_accounts" if wait else "lock_accounts_skip_locked"],
-            sorted((i for i in account_ids if i not in known_shared), key=_uuid_int))
+            sorted(to_lock, key=_uuid_int))
         # A shared account already known is not read: the batch is decided on a placeholder
         # of it (zero totals), and the decision checked against its totals when it is locked
         # at the end (_rebased_if_still_valid), as for one read without a lock. That holds
@@ -577,12 +602,15 @@ class LedgerEngine:
         shared: list[Any] = []
         placeholders: list[uuid.UUID] = []
         if len(unshared) < len(account_ids):
-            found = {row[0] for row in unshared}
+            found = {row[0] for row in unshared}  # (a subset of to_lock)
+            known = account_ids - to_lock
             wanted = self._totals_wanted
-            placeholders = [i for i in account_ids
-                            if i in known_shared and i not in wanted and i not in found]
-            unknown = [i for i in account_ids
-                       if i not in found and (i not in known_shared or i in wanted)]
+            if wanted:
+                placeholders = list(known - wanted)
+                unknown = list((to_lock - found) | (known & wanted))
+            else:
+                placeholders = list(known)
+                unknown = list(to_lock - found)
             others = await conn.fetch(Q["read_unlocked_accounts"], unknown) if unknown else []
             shared = [row for row in others if row[10]]
             for row in shared:
@@ -652,10 +680,25 @@ class LedgerEngine:
             )
             return decision, state
 
+        state_ctids = {row[0]: row[12] for row in unshared}
+        if lock_shared_first:
+            # Run again after a decision on unlocked shared accounts did not hold: lock
+            # every shared account of the batch now (sorted, after all unshared ones, as
+            # always) and decide on the locked values.
+            locked = await conn.fetch(
+                Q["lock_shared_accounts"], sorted((row[0] for row in shared), key=_uuid_int)
+            )
+            state_ctids.update((row[0], row[12]) for row in locked)
+            for row in locked:
+                if row[5] and not known_shared[row[0]][4]:
+                    self._remember_shared(row)  # closed meanwhile
+            decision, state = decide(list(locked))
+            await self._write(conn, batch, decision, state, batch_id, now, state_ctids)
+            await self._append_chain(conn, decision, batch_id, now)
+            return decision
         decision, state = decide(shared)
         if placeholders and decision.shared_refused:
             self._learn(decision, set(placeholders))
-        state_ctids = {row[0]: row[12] for row in unshared}
         # The shared accounts this decision depends on: those it changed, those whose exact
         # totals bounded a result (a refusal, or a subsidy cut to what is left), and every
         # placeholder: a result may rest on its closed flag, which may be long out of date.
@@ -668,32 +711,18 @@ class LedgerEngine:
             # Optimistic: write everything but the shared accounts, then lock those (the
             # last rows this batch locks) and apply the batch's change to their current
             # totals. Held only for that update, the chain append and the commit.
-            await conn.execute("SAVEPOINT ledger_shared")
             await self._write(conn, batch, decision, state, batch_id, now, state_ctids,
                               skip={row[0] for row in relevant})
             current = await conn.fetch(
                 Q["lock_shared_totals"], sorted((row[0] for row in relevant), key=_uuid_int)
             )
             rebased = _rebased_if_still_valid(decision, state, relevant, current)
-            if rebased is not None:
-                if rebased[0]:
-                    await _update_located(conn, *rebased)
-            else:
-                # The shared balances moved in a way that could change a result: decide
-                # again on locked, current values. Rolling back to the savepoint also
-                # releases the row locks taken after it, so every shared account of the
-                # batch is locked (again) first, in sorted order, after all unshared ones.
-                await conn.execute("ROLLBACK TO SAVEPOINT ledger_shared")
-                self._redecided += 1
-                locked = await conn.fetch(
-                    Q["lock_shared_accounts"], sorted((row[0] for row in shared), key=_uuid_int)
-                )
-                state_ctids.update((row[0], row[12]) for row in locked)
-                for row in locked:
-                    if row[5] and not known_shared[row[0]][4]:
-                        self._remember_shared(row)  # closed meanwhile
-                decision, state = decide(list(locked))
-                await self._write(conn, batch, decision, state, batch_id, now, state_ctids)
+            if rebased is None:
+                # The shared balances moved in a way that could change a result: roll
+                # back (the caller does) and run the batch again with them locked first.
+                raise _Redecide
+            if rebased[0]:
+                await _update_located(conn, *rebased)
         await self._append_chain(conn, decision, batch_id, now)
         return decision
 
@@ -1037,10 +1066,10 @@ async def _write_effects(
         await writer.write(conn, rows)
 
 
-def _uuid_int(value: uuid.UUID) -> int:
-    # PostgreSQL orders uuids by their bytes, which is the order of their big-endian integer;
-    # sorting by the int is several times faster than comparing UUID objects.
-    return value.int
+# PostgreSQL orders uuids by their bytes, which is the order of their big-endian integer;
+# sorting by the int is faster than comparing UUID objects, and a C getter (no Python frame
+# per element) faster than a function returning ``value.int``.
+_uuid_int: Callable[[uuid.UUID], int] = operator.attrgetter("int")
 
 
 def _fail(batch: list[_Submission], exc: Exception) -> None:
